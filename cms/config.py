@@ -1,0 +1,177 @@
+"""The config schema: every YAML group under conf/ merges into these dataclasses,
+so a misspelt key or a wrong type fails when the config is composed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ModelCard:
+    """One HF causal LM: a hub id or local directory, or a tiny model cms builds."""
+
+    name: str = MISSING
+    path: Optional[str] = None  # hub id or local directory
+    arch: Optional[str] = None  # cms/archs/<arch>.json: count parameters offline
+    tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally, random weights
+    price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price)
+    dtype: str = "auto"
+
+
+@dataclass
+class FamilyConf:
+    name: str = MISSING
+    wc: ModelCard = field(default_factory=ModelCard)
+    se: ModelCard = field(default_factory=ModelCard)
+    student: ModelCard = field(default_factory=ModelCard)
+
+
+@dataclass
+class GeneratorConf:
+    role: str = MISSING  # wc | se: which family model generates the data
+
+
+@dataclass
+class SettingConf:
+    name: str = MISSING  # kd | self | w2s
+    learner: str = MISSING  # student | wc | se: which family model is fine-tuned
+
+
+@dataclass
+class BudgetConf:
+    name: str = MISSING
+    match: str = "compute"  # compute | number | price
+    se_samples: Optional[int] = 1
+    flops_per_question: Optional[float] = None
+    max_samples_per_question: int = 1000
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    answer_format: str = MISSING  # gsm8k (numeric) | math (math-verify)
+    train_split: str = "train"
+    test_split: str = "test"
+    hub: Dict[str, Any] = field(default_factory=dict)  # split -> {path, name, split} for datasets.load_dataset
+    num_shots: int = 8
+    question_template: str = "Question: {question}\nAnswer:"
+    solution_template: str = " {solution}\n\n"
+    stop: List[str] = field(default_factory=list)
+    max_new_tokens: int = 512
+    assumed_solution_tokens: int = 256
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+
+
+@dataclass
+class DataConf:
+    source: str = "sampled"  # sampled | reference (the datasets' human-written solutions)
+
+
+@dataclass
+class SamplerConf:
+    backend: str = "hf"  # hf | vllm
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int = 8  # questions per batch (hf); prompts per LLM.generate call (vllm)
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+
+
+@dataclass
+class GradingConf:
+    timeout_s: float = 5.0  # hard limit per MATH item, in a worker process
+    workers: int = 1
+
+
+@dataclass
+class FinetuneConf:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-6
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    log_every: int = 10
+
+
+@dataclass
+class EvaluationConf:
+    baseline: bool = True
+    baseline_shots: Optional[int] = None  # None: the dataset's few-shot prompt
+    finetuned_shots: int = 0
+    batch_size: int = 16
+    max_new_tokens: Optional[int] = None  # None: the dataset's
+
+
+@dataclass
+class LoggerConf:
+    backend: str = "wandb"  # wandb | none
+    project: str = "cms"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    init_timeout_s: float = 60.0
+    table_rows: int = 16
+
+
+@dataclass
+class PathsConf:
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    data_dir: str = MISSING
+
+
+@dataclass
+class RunConf:
+    seed: int = 0
+    model: GeneratorConf = field(default_factory=GeneratorConf)
+    setting: SettingConf = field(default_factory=SettingConf)
+    family: FamilyConf = field(default_factory=FamilyConf)
+    budget: BudgetConf = field(default_factory=BudgetConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    data: DataConf = field(default_factory=DataConf)
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    grading: GradingConf = field(default_factory=GradingConf)
+    finetune: FinetuneConf = field(default_factory=FinetuneConf)
+    evaluation: EvaluationConf = field(default_factory=EvaluationConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+
+
+CHOICES = {
+    "model.role": ("wc", "se"),
+    "setting.learner": ("student", "wc", "se"),
+    "data.source": ("sampled", "reference"),
+    "sampler.backend": ("hf", "vllm"),
+    "dataset.answer_format": ("gsm8k", "math"),
+    "logger.backend": ("wandb", "none"),
+    "logger.mode": ("offline", "online", "disabled"),
+}
+
+
+def validate(cfg) -> None:
+    """Check the enumerated choices that a dataclass cannot type; name the fix."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}: override it, e.g. {key}={allowed[0]}")
+
+
+def register() -> None:
+    """Register the schema and the resolvers the YAML files use."""
+    ConfigStore.instance().store(name="schema", node=RunConf)
+    if not OmegaConf.has_resolver("cms_root"):
+        OmegaConf.register_new_resolver("cms_root", lambda: str(ROOT))

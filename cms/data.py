@@ -1,0 +1,144 @@
+"""Benchmark records and few-shot prompts.
+
+One record type for every dataset. Rows come from ``<data_dir>/<name>/<split>.jsonl``
+(the local copies) or, when that file is absent, from the hub dataset named in the
+dataset config; the field names are the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read, with the file, the line and the fix in its message."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    question: str
+    answer: str  # the gold final answer
+    solution: str  # the reference (human-written) solution
+    level: Optional[str] = None
+    type: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0:
+        return None
+    depth = 0
+    for i in range(brace, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[brace + 1 : i]
+    return None
+
+
+def gsm8k_gold(answer_text: str) -> Optional[str]:
+    if "####" not in answer_text:
+        return None
+    gold = answer_text.rsplit("####", 1)[1].strip().replace(",", "")
+    return gold or None
+
+
+def parse_row(row: dict, fmt: str, rid: str, where: str) -> Record:
+    """One dataset row as a Record; ``where`` (file:line) names a malformed row."""
+
+    def need(*keys: str) -> str:
+        for key in keys:
+            if isinstance(row.get(key), str) and row[key].strip():
+                return row[key]
+        raise DataError(f"{where}: row has no {' or '.join(repr(k) for k in keys)} field; fix or remove that line")
+
+    if fmt == "gsm8k":
+        text = need("answer")
+        gold = gsm8k_gold(text)
+        if gold is None:
+            raise DataError(f"{where}: no gold answer (the 'answer' field has no '#### N' line); fix or remove that line")
+        solution = CALCULATOR.sub("", text)
+        return Record(rid, need("question"), gold, solution)
+    solution = need("solution")
+    gold = row.get("answer") or last_boxed(solution)
+    if not gold:
+        raise DataError(f"{where}: no gold answer (no 'answer' field and no \\boxed{{}} in the solution); fix or remove that line")
+    level = row.get("level")
+    level = f"Level {level}" if isinstance(level, int) else level
+    return Record(str(row.get("unique_id") or rid), need("problem", "question"), str(gold), solution, level, row.get("type") or row.get("subject"))
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove that line") from err
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line; fix or remove that line")
+            yield lineno, row
+
+
+def _read_hub(spec: dict) -> Iterable[dict]:
+    import datasets
+
+    names = spec.get("name")
+    for name in names if isinstance(names, list) else [names]:
+        yield from datasets.load_dataset(spec["path"], name, split=spec["split"])
+
+
+def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None) -> list[Record]:
+    """All records of one split: the local jsonl if present, else the hub dataset."""
+    path = Path(data_dir) / name / f"{split}.jsonl"
+    if path.exists():
+        return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{path}:{lineno}") for i, (lineno, row) in enumerate(_read_jsonl(path))]
+    spec = (hub or {}).get(split)
+    if not spec:
+        raise DataError(f"dataset file {path} not found and no hub dataset is configured for split {split!r}: set paths.data_dir (or CMS_DATA_DIR) to a folder holding {name}/{split}.jsonl")
+    try:
+        rows = list(_read_hub(spec))
+    except Exception as err:  # the hub raises many kinds of network errors
+        raise DataError(
+            f"dataset file {path} not found, and loading {spec['path']} from the hub failed ({err.__class__.__name__}): "
+            f"set paths.data_dir (or CMS_DATA_DIR) to a folder holding {name}/{split}.jsonl"
+        ) from err
+    return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{spec['path']}[{split}] row {i}") for i, row in enumerate(rows)]
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    question_template: str
+    solution_template: str
+
+    def example(self, record: Record) -> str:
+        return self.question_template.format(question=record.question) + self.solution_template.format(solution=record.solution)
+
+    def prompt(self, record: Record, exemplars: list[Record] = ()) -> str:
+        """Completion-style prompt: the exemplars' solved examples, then the question."""
+        return "".join(self.example(e) for e in exemplars) + self.question_template.format(question=record.question)
+
+    def completion(self, solution: str) -> str:
+        """The text a model should produce after ``prompt``: what fine-tuning trains on."""
+        return self.solution_template.format(solution=solution.strip())
+
+
+def split_exemplars(train: list[Record], shots: int, limit: Optional[int] = None) -> tuple[list[Record], list[Record]]:
+    """The first ``shots`` train records become the few-shot exemplars; the rest, up to ``limit``, the questions."""
+    exemplars, questions = train[:shots], train[shots:]
+    return exemplars, questions[:limit] if limit is not None else questions

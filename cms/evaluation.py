@@ -1,0 +1,55 @@
+"""pass@1 with greedy decoding on the test split.
+
+The same function scores the learner before fine-tuning (the baseline, with the
+dataset's few-shot prompt: base models need it) and after (zero-shot, as it was
+trained). Baseline scores depend only on the model and the test questions, so
+they are cached and shared by every cell with the same learner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from filelock import FileLock
+
+from cms import grading, sampling
+from cms.data import PromptFormat, Record
+
+log = logging.getLogger(__name__)
+
+
+def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt: str, prompt_format: PromptFormat,
+        sampler: dict, max_new_tokens: int, stop: list[str], out_path: str | Path, grading_cfg: Optional[dict] = None) -> dict:
+    """Greedy pass@1 of ``model_path`` on ``records``; per-question outputs go to ``out_path`` (jsonl)."""
+    out_path = Path(out_path)
+    summary_path = out_path.with_suffix(".json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_path) + ".lock"):
+        if summary_path.exists():
+            return json.loads(summary_path.read_text())
+        prompts = [prompt_format.prompt(r, exemplars) for r in records]
+        options = {k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p")}
+        engine = sampling.make_sampler(sampler["backend"], model_path, **options)
+        try:
+            outs = engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=stop, seeds=[[0]] * len(prompts), desc="evaluating")
+        finally:
+            engine.close()
+        verdicts = grading.grade(fmt, [(o[0].text, r.answer) for o, r in zip(outs, records)], **(grading_cfg or {}))
+        tmp = out_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for r, o, v in zip(records, outs, verdicts):
+                f.write(json.dumps({"id": r.id, "gold": r.answer, "output": o[0].text, "verdict": v}) + "\n")
+        tmp.replace(out_path)
+        n = len(records)
+        summary = {
+            "accuracy": verdicts.count(grading.CORRECT) / n if n else 0.0,
+            "n": n,
+            "correct": verdicts.count(grading.CORRECT),
+            "ungraded": verdicts.count(grading.UNGRADED),
+            "shots": len(exemplars),
+        }
+        summary_path.write_text(json.dumps(summary, indent=2))
+        return summary

@@ -1,0 +1,171 @@
+"""Grading a sampled solution against the gold answer.
+
+GSM8K: the number after the last ``####`` (else the last number in the text),
+compared numerically after dropping commas, ``$``, units and trailing dots.
+MATH: math-verify (fractions, radicals, tuples, intervals, sets, text). math-verify
+can hang on pathological input even with its own timeout (math-verify issue 65:
+``\\boxed{5^{5^{5^{5^5}}}}``), so MATH items are graded in worker processes with
+a hard per-item limit: a worker that overruns is killed and replaced, and the
+item is recorded as ``ungraded``, counted apart from ``wrong``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+CORRECT, WRONG, UNGRADED = "correct", "wrong", "ungraded"
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def gsm8k_answer(text: str) -> Optional[str]:
+    """The final numeric answer of a GSM8K-style solution, normalised, or None."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    numbers = NUMBER.findall(tail.replace("$", ""))
+    if not numbers:
+        return None
+    number = numbers[0] if "####" in text else numbers[-1]
+    return number.replace(",", "").rstrip(".")
+
+
+def _as_decimal(text: str) -> Optional[Decimal]:
+    try:
+        return Decimal(text.replace(",", "").replace("$", "").strip().rstrip("."))
+    except InvalidOperation:
+        return None
+
+
+def grade_gsm8k(text: str, gold: str) -> str:
+    pred = gsm8k_answer(text)
+    a, b = (_as_decimal(pred) if pred else None), _as_decimal(gold)
+    return CORRECT if a is not None and b is not None and a == b else WRONG
+
+
+def _gold_math(gold: str):
+    from math_verify import parse
+
+    parsed = parse(f"${gold}$")
+    return parsed if parsed else parse(gold)
+
+
+def math_answer(text: str):
+    """math-verify's parse of a solution's final answer (its last ``\\boxed{}`` first)."""
+    from math_verify import parse
+
+    return parse(text)
+
+
+def grade_math(text: str, gold: str) -> str:
+    from math_verify import verify
+
+    pred = math_answer(text)
+    return CORRECT if pred and verify(_gold_math(gold), pred) else WRONG
+
+
+GRADERS = {"gsm8k": grade_gsm8k, "math": grade_math}
+
+
+def _worker(conn) -> None:
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        fmt, text, gold = job
+        try:
+            verdict = GRADERS[fmt](text, gold)
+        except Exception:  # a grader's crash on odd input is a wrong answer, not a lost job
+            verdict = WRONG
+        conn.send(verdict)
+
+
+class _Worker:
+    def __init__(self, ctx):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+        self.item: Optional[int] = None
+        self.started = 0.0
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+def grade_in_workers(fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_s: float = 5.0, progress: bool = True) -> list[str]:
+    """Grade (text, gold) pairs in ``workers`` processes, each item under a hard time limit."""
+    # fork: workers start in milliseconds with math-verify already imported, and a
+    # script calling this needs no ``if __name__ == "__main__"`` guard.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    verdicts: list[Optional[str]] = [None] * len(items)
+    pending = list(range(len(items)))[::-1]
+    pool = [_Worker(ctx) for _ in range(max(1, min(workers, len(items))))]
+    bar = tqdm(total=len(items), desc=f"grading ({fmt})", disable=not progress, leave=False)
+
+    def feed(w: _Worker) -> None:
+        if pending:
+            w.item, w.started = pending.pop(), time.monotonic()
+            w.conn.send((fmt, *items[w.item]))
+        else:
+            w.item = None
+
+    try:
+        for w in pool:
+            feed(w)
+        while any(w.item is not None for w in pool):
+            busy = [w for w in pool if w.item is not None]
+            deadline = min(w.started for w in busy) + timeout_s
+            ready = wait([w.conn for w in busy], timeout=max(0.0, deadline - time.monotonic()))
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        verdicts[w.item] = w.conn.recv()
+                    except (EOFError, OSError):  # the worker died (e.g. out of memory): its item is ungraded
+                        verdicts[w.item] = UNGRADED
+                        w.kill()
+                        pool[pool.index(w)] = w = _Worker(ctx)
+                elif time.monotonic() - w.started >= timeout_s:
+                    verdicts[w.item] = UNGRADED
+                    w.kill()
+                    pool[pool.index(w)] = w = _Worker(ctx)
+                else:
+                    continue
+                bar.update(1)
+                feed(w)
+    finally:
+        for w in pool:
+            w.kill()
+        bar.close()
+    return verdicts  # type: ignore[return-value]
+
+
+def grade(fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_s: float = 5.0, progress: bool = True) -> list[str]:
+    """Verdicts (correct / wrong / ungraded) for (text, gold) pairs of one answer format."""
+    if fmt == "gsm8k":  # plain numeric parsing: linear in the text, cannot hang
+        return [grade_gsm8k(text, gold) for text, gold in items]
+    if fmt not in GRADERS:
+        raise ValueError(f"unknown answer format {fmt!r}: use one of {', '.join(GRADERS)}")
+    return grade_in_workers(fmt, items, workers, timeout_s, progress)
+
+
+def grade_cached(path: Path, fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_s: float = 5.0) -> list[str]:
+    """``grade`` with its verdicts kept in ``path``, so cells sharing samples grade them once."""
+    if path.exists():
+        verdicts = json.loads(path.read_text())
+        if len(verdicts) == len(items):
+            return verdicts
+    verdicts = grade(fmt, items, workers, timeout_s)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(verdicts))
+    tmp.replace(path)
+    return verdicts

@@ -1,0 +1,146 @@
+"""One cell of the grid: sample with ``model``, keep the correct solutions,
+fine-tune the ``setting``'s learner on them, evaluate it.
+
+    python -m cms.run -m model=wc,se setting=kd,self,w2s
+
+This module only composes the config and calls the stages in order; each stage
+is a plain function of its own module. Every stage's output lands in the run
+directory (or the shared cache), so re-running a finished cell does no work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cms import budget, config, data, evaluation, filtering, finetuning, grading, models, sampling, tracking
+
+log = logging.getLogger("cms")
+config.register()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
+    """Run one (model, setting) cell into ``run_dir``; return its results."""
+    config.validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "results.json").exists():
+        log.info("cell already finished: %s", run_dir / "results.json")
+        return json.loads((run_dir / "results.json").read_text())
+    c = OmegaConf.to_container(cfg, resolve=True)
+    family, ds, cache = c["family"], c["dataset"], Path(c["paths"]["cache_dir"]).absolute()
+    role, learner = c["model"]["role"], c["setting"]["learner"]
+    generator, learner_card = family[role], family[learner]
+
+    params = {r: models.count_params(family[r]) for r in ("wc", "se")}
+    b = c["budget"]
+    plan = budget.plan(
+        role, params, match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"],
+        prices={r: family[r]["price_per_mtok"] for r in ("wc", "se")}, solution_tokens=ds["assumed_solution_tokens"],
+        max_samples=b["max_samples_per_question"],
+    )
+    log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g)",
+             b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"])
+
+    train = data.load(ds["name"], ds["train_split"], ds["answer_format"], c["paths"]["data_dir"], ds["hub"])
+    test = data.load(ds["name"], ds["test_split"], ds["answer_format"], c["paths"]["data_dir"], ds["hub"])
+    exemplars, questions = data.split_exemplars(train, ds["num_shots"], ds["train_limit"])
+    test = test[: ds["test_limit"]] if ds["test_limit"] is not None else test
+    fmt = data.PromptFormat(ds["question_template"], ds["solution_template"])
+
+    spent = {"spent_flops": 0.0, "mean_solution_tokens": None}
+    if c["data"]["source"] == "reference":
+        kept, quality = filtering.reference(questions)
+        source = "reference"
+    else:
+        decoding = {"temperature": c["sampler"]["temperature"], "top_p": c["sampler"]["top_p"],
+                    "max_new_tokens": ds["max_new_tokens"], "stop": ds["stop"]}
+        prompts = [fmt.prompt(q, exemplars) for q in questions]
+        rows, _, store = sampling.run(
+            generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
+            sampler=c["sampler"], decoding=decoding, seed=c["seed"], cache_dir=cache,
+            key_parts={"dataset": ds["name"], "split": ds["train_split"], "prompts": sampling.cache_key(p=prompts)},
+        )
+        gold = {q.id: q.answer for q in questions}
+        verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
+                                        [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
+        kept, quality = filtering.run(questions, rows, verdicts)
+        spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
+        source = generator["name"]
+    _write_jsonl(run_dir / "kept.jsonl", kept)
+    log.info("data from %s: %d kept solutions, coverage %.3f, diversity %.3f", source, len(kept), quality["coverage"], quality["diversity"])
+
+    learner_path = models.resolve(learner_card, cache)
+    ev = c["evaluation"]
+    eval_args = dict(fmt=ds["answer_format"], prompt_format=fmt, sampler=c["sampler"], stop=ds["stop"],
+                     max_new_tokens=ev["max_new_tokens"] or ds["max_new_tokens"], grading_cfg=c["grading"])
+    baseline = None
+    if ev["baseline"]:
+        shots = ds["num_shots"] if ev["baseline_shots"] is None else ev["baseline_shots"]
+        key = sampling.cache_key(model=models.card_key(learner_card), test=[r.id for r in test], shots=shots,
+                                 ex=[e.id for e in exemplars], ds=ds, backend=c["sampler"]["backend"])
+        baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **eval_args)
+
+    finetuned, final = None, None
+    if kept:
+        pairs = [(fmt.prompt(data.Record(k["qid"], k["question"], "", "")), fmt.completion(k["solution"])) for k in kept]
+        finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], **c["finetune"])
+        final = evaluation.run(finetuned["checkpoint"], test, exemplars[: ev["finetuned_shots"]],
+                               out_path=run_dir / "eval_finetuned.jsonl", **eval_args)
+    else:
+        log.error("no solution from %s graded correct (%d samples): nothing to fine-tune on, so accuracy is n/a. "
+                  "Raise the budget, use stronger models, or fine-tune on data.source=reference.", source, quality["n_samples"])
+
+    n_q = len(questions)
+    results = {
+        "model": role, "setting": c["setting"]["name"], "dataset": ds["name"], "budget": b["name"],
+        "family": family["name"], "source": c["data"]["source"], "seed": c["seed"],
+        "generator": generator["name"], "finetuned": learner_card["name"],
+        "generator_params": params[role], "finetuned_params": models.count_params(learner_card),
+        "samples_per_question": plan.samples_per_question,
+        "planned_flops": plan.planned_flops_per_question * n_q,
+        "spent_flops": spent["spent_flops"], "mean_solution_tokens": spent["mean_solution_tokens"],
+        "n_questions": n_q, **quality, "n_train_examples": len(kept),
+        "baseline_accuracy": baseline["accuracy"] if baseline else None,
+        "accuracy": final["accuracy"] if final else None,
+        "n_test": len(test),
+        "train_loss_first": finetuned["train_loss_first"] if finetuned else None,
+        "train_loss_last": finetuned["train_loss_last"] if finetuned else None,
+        "checkpoint": finetuned["checkpoint"] if finetuned else None,
+    }
+    _write_json(run_dir / "results.json", results)
+    log.info("results: %s", run_dir / "results.json")
+
+    tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group)
+    tracker.curve(finetuned["curve"] if finetuned else [])
+    tracker.table("samples", [{"question": k["question"], "solution": k["solution"]} for k in kept[: c["logger"]["table_rows"]]])
+    tracker.summary(results)
+    tracker.finish()
+    return results
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+    return run_cell(cfg, Path(hc.runtime.output_dir), group)
+
+
+if __name__ == "__main__":
+    main()
