@@ -33,6 +33,9 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int) -> 
         labels = ([IGNORE] * len(p) + c)[:max_length]
         if any(t != IGNORE for t in labels):
             examples.append({"input_ids": ids, "labels": labels})
+    if len(examples) < len(pairs):
+        log.warning("%d of %d examples have no solution token within finetune.max_length=%d and are skipped",
+                    len(pairs) - len(examples), len(pairs), max_length)
     return examples
 
 

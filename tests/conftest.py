@@ -1,0 +1,50 @@
+"""Shared fixtures: offline everything, one cache of tiny models per session."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CMS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["CMS_DATA_DIR"] = str(DATA)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs CUDA (and vLLM for the vLLM sampler): none on this machine")
+    no_slurm = pytest.mark.skip(reason="needs a SLURM cluster: no sinfo on PATH (bash ../shared/slurm/up.sh starts one)")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "slurm" in item.keywords and shutil.which("sinfo") is None:
+            item.add_marker(no_slurm)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cms_cache")
+
+
+@pytest.fixture
+def env(cache_dir, tmp_path, monkeypatch):
+    """Environment for a cms run: outputs under tmp_path, the shared session cache."""
+    monkeypatch.setenv("CMS_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("CMS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    return {**os.environ, "CMS_CACHE_DIR": str(cache_dir), "CMS_OUTPUT_DIR": str(tmp_path / "outputs")}
+
+
+@pytest.fixture(scope="session")
+def tiny_family():
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "family" / "tiny.yaml"))

@@ -1,0 +1,91 @@
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from cms import config
+from conftest import ROOT
+
+CONF = ROOT / "conf"
+NEEDS = {"budget=flops": ["budget.flops_per_question=1e15"]}
+config.register()
+
+
+def groups() -> dict[str, list[str]]:
+    """Every group under conf/ (walked recursively) and its options."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(CONF.rglob("*.yaml")):
+        if path.parent == CONF:
+            continue
+        found.setdefault(str(path.parent.relative_to(CONF)), []).append(path.stem)
+    return found
+
+
+def compose_with(overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        extra = [x for o in overrides for x in NEEDS.get(o, [])]
+        return compose(config_name="config", overrides=list(overrides) + extra, return_hydra_config=hydra)
+
+
+def test_groups_cover_the_design():
+    g = groups()
+    for group in ("model", "setting", "family", "budget", "dataset", "sampler", "finetune", "evaluation", "logger", "paths", "debug", "hydra/launcher"):
+        assert group in g, group
+    assert set(g["model"]) == {"wc", "se"} and set(g["setting"]) == {"kd", "self", "w2s"}
+    assert {"gemma2", "tiny"} <= set(g["family"]) and {"gsm8k", "math"} <= set(g["dataset"])
+    assert {"low", "high", "flops"} <= set(g["budget"])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() if not g.startswith("hydra") for o in opts])
+def test_every_config_file_composes_and_resolves(group, option):
+    cfg = compose_with([f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True)
+    config.validate(cfg)
+
+
+def test_every_valid_combination_composes():
+    g = groups()
+    axes = [g["model"], g["setting"], g["family"], g["dataset"], g["budget"]]
+    others = itertools.cycle(itertools.product(g["sampler"], g["logger"], [None, *g["debug"]]))
+    count = 0
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for (model, setting, family, dataset, budget), (sampler, logger, debug) in zip(itertools.product(*axes), others):
+            overrides = [f"model={model}", f"setting={setting}", f"family={family}", f"dataset={dataset}",
+                         f"budget={budget}", f"sampler={sampler}", f"logger={logger}"] + ([f"debug={debug}"] if debug else [])
+            overrides += [x for o in overrides for x in NEEDS.get(o, [])]
+            cfg = compose(config_name="config", overrides=overrides)
+            config.validate(cfg)
+            assert cfg.model.role == model and cfg.setting.name == setting
+            count += 1
+    assert count == 2 * 3 * len(g["family"]) * len(g["dataset"]) * len(g["budget"])
+
+
+def test_slurm_launcher_preset_reads_partition_from_environment(monkeypatch):
+    monkeypatch.setenv("CMS_SLURM_PARTITION", "gpu-long")
+    monkeypatch.setenv("CMS_SLURM_GPUS", "4")
+    cfg = compose_with(["hydra/launcher=submitit_slurm"], hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu-long" and launcher.gpus_per_node == 4
+    local = compose_with(["hydra/launcher=submitit_local"], hydra=True)
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
+
+
+@pytest.mark.parametrize("override", ["dataset.num_shot=3", "family.wc.nmae=x", "finetune.lr=fast"])
+def test_typos_fail_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_with([override])
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(ConfigCompositionException, match="gemma2"):
+        compose_with(["family=gemma3"])
+
+
+def test_invalid_choice_names_the_fix():
+    cfg = compose_with(["sampler.backend=tgi"])
+    with pytest.raises(ValueError, match="sampler.backend='tgi' is not one of hf, vllm"):
+        config.validate(cfg)

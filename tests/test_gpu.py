@@ -1,0 +1,27 @@
+"""GPU paths: vLLM sampling and bf16 fine-tuning. Skipped without CUDA (and vLLM)."""
+
+import pytest
+import torch
+
+from cms import finetuning, models, sampling
+
+pytestmark = pytest.mark.gpu
+
+
+def test_vllm_sampler_draws_n_per_prompt_and_frees_the_gpu(tiny_family, tmp_path):
+    pytest.importorskip("vllm", reason="vLLM not installed: pip install -e '.[gpu]'")
+    path = models.resolve(tiny_family["se"], tmp_path)
+    engine = sampling.make_sampler("vllm", path, gpu_memory_utilization=0.3)
+    seeds = [[sampling.seed_for(0, f"q{q}", i) for i in range(4)] for q in range(3)]
+    out = engine.generate(["Question: 1+1?\nAnswer:"] * 3, 4, 0.7, 1.0, 16, ["Question:"], seeds)
+    assert [len(o) for o in out] == [4, 4, 4] and all(s.tokens > 0 for o in out for s in o)
+    engine.close()
+    free, total = torch.cuda.mem_get_info()
+    assert free / total > 0.8
+
+
+def test_bf16_finetuning_on_gpu(tiny_family, tmp_path):
+    path = models.resolve(tiny_family["wc"], tmp_path)
+    pairs = [(f"Question: {i}+1?\nAnswer:", f" {i + 1}\n\n") for i in range(32)]
+    metrics = finetuning.run(path, pairs, tmp_path / "ft", steps=20, batch_size=8, lr=3e-3, precision="bf16-mixed", accelerator="gpu")
+    assert metrics["train_loss_last"] < metrics["train_loss_first"]

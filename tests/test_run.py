@@ -1,0 +1,88 @@
+"""The pipeline end to end: the six-cell grid on CPU with tiny models."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cms import run
+from conftest import ROOT
+
+KEYS = ["model", "setting", "dataset", "budget", "generator", "finetuned", "generator_params", "finetuned_params",
+        "samples_per_question", "planned_flops", "spent_flops", "mean_solution_tokens", "coverage", "diversity",
+        "n_train_examples", "baseline_accuracy", "accuracy"]
+GRID = ["-m", "model=wc,se", "setting=kd,self,w2s", "family=tiny", "debug=smoke"]
+
+
+def cms_run(args, env, cwd):
+    proc = subprocess.run([sys.executable, "-m", "cms.run", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def compose_cell(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("dataset", ["gsm8k", pytest.param("math", marks=pytest.mark.slow)])
+def test_six_cell_grid_samples_twice_and_summarises(dataset, env, tmp_path):
+    sweep = tmp_path / "sweep"
+    log = cms_run(GRID + [f"dataset={dataset}", f"hydra.sweep.dir={sweep}"], env, tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert len(results) == 6
+    for r in results:
+        assert not [k for k in KEYS if k not in r], r
+        assert r["dataset"] == dataset and r["spent_flops"] > 0 and r["mean_solution_tokens"] > 0
+    assert {(r["model"], r["setting"]) for r in results} == {(m, s) for m in ("wc", "se") for s in ("kd", "self", "w2s")}
+    wc = next(r for r in results if r["model"] == "wc")
+    se = next(r for r in results if r["model"] == "se")
+    assert wc["samples_per_question"] == round(se["generator_params"] / wc["generator_params"]) and se["samples_per_question"] == 1
+    assert {r["finetuned"] for r in results} == {"tiny-student", "tiny-wc", "tiny-se"}
+    # two sample sets drawn, four cells served from the cache
+    assert log.count("sampling pass:") == 2 and log.count("cache hit:") == 4
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted(r["setting"] for r in rows) == ["kd", "self", "w2s"]
+    assert "relative_gain" in (sweep / "summary.md").read_text()
+    assert len(list(sweep.glob("*/wandb/offline-run-*/*.wandb"))) == 6
+    # a second run of the same grid does no work
+    again = cms_run(GRID + [f"dataset={dataset}", f"hydra.sweep.dir={sweep}"], env, tmp_path)
+    assert again.count("cell already finished") == 6 and "sampling pass" not in again
+
+
+def test_reference_finetuning_cell_trains_evaluates_and_logs(env, tmp_path):
+    cfg = compose_cell("setting=self", "debug=smoke", "data.source=reference", "finetune.steps=12")
+    results = run.run_cell(cfg, tmp_path / "cell")
+    assert results["n_train_examples"] == 8 and results["coverage"] == 1.0 and results["spent_flops"] == 0.0
+    assert results["train_loss_last"] < results["train_loss_first"]
+    assert results["accuracy"] is not None and results["baseline_accuracy"] is not None
+    assert (Path(results["checkpoint"]) / "config.json").exists()
+    assert len((tmp_path / "cell" / "eval_finetuned.jsonl").read_text().splitlines()) == 8
+    [log] = (tmp_path / "cell").glob("wandb/offline-run-*/*.wandb")
+    blob = log.read_bytes()
+    for key in (b"train/loss", b"baseline_accuracy", b"coverage", b"samples_per_question"):
+        assert key in blob, key
+
+
+def test_wandb_failure_never_loses_results(env, tmp_path, monkeypatch, caplog):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise TimeoutError("wandb init timed out")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    cfg = compose_cell("setting=kd", "debug=smoke", "data.source=reference", "logger.mode=online")
+    results = run.run_cell(cfg, tmp_path / "cell")
+    assert json.loads((tmp_path / "cell" / "results.json").read_text()) == results
+    assert "wandb failed to start (TimeoutError" in caplog.text
+
+
+def test_zero_kept_solutions_is_a_message_not_a_crash(env, tmp_path, caplog):
+    cfg = compose_cell("model=se", "setting=kd", "debug=smoke", "logger=none")
+    results = run.run_cell(cfg, tmp_path / "cell")
+    assert results["n_train_examples"] == 0 and results["accuracy"] is None
+    assert "nothing to fine-tune on" in caplog.text and "data.source=reference" in caplog.text
