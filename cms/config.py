@@ -20,7 +20,8 @@ class ModelCard:
     name: str = MISSING
     path: Optional[str] = None  # hub id or local directory
     arch: Optional[str] = None  # cms/archs/<arch>.json: count parameters offline
-    tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally, random weights
+    tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally
+    train: Optional[Dict[str, Any]] = None  # with tiny: train from scratch on arith (cms.toy)
     price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price)
     dtype: str = "auto"
 
@@ -60,6 +61,7 @@ class DatasetConf:
     train_split: str = "train"
     test_split: str = "test"
     hub: Dict[str, Any] = field(default_factory=dict)  # split -> {path, name, split} for datasets.load_dataset
+    procedural: Optional[Dict[str, Any]] = None  # generated, not read: {sizes: {split: n}, seed, levels} (arith)
     num_shots: int = 8
     question_template: str = "Question: {question}\nAnswer:"
     solution_template: str = " {solution}\n\n"
@@ -99,6 +101,7 @@ class FinetuneConf:
     lr: float = 1e-6
     warmup_steps: int = 20
     weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine (after the warm-up)
     max_length: int = 1024
     precision: str = "32-true"
     accelerator: str = "auto"

@@ -103,8 +103,12 @@ def _read_hub(spec: dict) -> Iterable[dict]:
         yield from datasets.load_dataset(spec["path"], name, split=spec["split"])
 
 
-def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None) -> list[Record]:
-    """All records of one split: the local jsonl if present, else the hub dataset."""
+def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None, procedural: Optional[dict] = None) -> list[Record]:
+    """All records of one split: generated (arith), the local jsonl if present, else the hub dataset."""
+    if procedural:
+        from cms import arith
+
+        return arith.load(split, procedural["sizes"], procedural.get("seed", 0), tuple(procedural.get("levels", (1, 2, 3, 4))))
     path = Path(data_dir) / name / f"{split}.jsonl"
     if path.exists():
         return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{path}:{lineno}") for i, (lineno, row) in enumerate(_read_jsonl(path))]

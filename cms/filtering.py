@@ -4,12 +4,15 @@
 - diversity: the mean number of unique correct solutions per question, over all
   questions (a question with none counts 0). Two solutions are the same when
   they are equal after collapsing runs of whitespace and stripping the ends;
-- accuracy: the share of all samples that grade correct (per-sample accuracy).
+- accuracy: the share of all samples that grade correct (per-sample accuracy);
+- fpr: where the dataset has an exact step checker (arith), the share of kept
+  solutions whose final answer is right but whose reasoning is not.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable, Optional
 
 from cms.grading import CORRECT, UNGRADED
 
@@ -18,8 +21,11 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def run(questions: list, rows: list[dict], verdicts: list[str]) -> tuple[list[dict], dict]:
-    """The kept (question, solution) rows, in sample order, and the data metrics."""
+def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Optional[Callable[[str, str], bool]] = None) -> tuple[list[dict], dict]:
+    """The kept (question, solution) rows, in sample order, and the data metrics.
+
+    ``step_check(question, solution)`` says whether a solution's reasoning is valid.
+    """
     by_id = {q.id: q for q in questions}
     unique: dict[str, set] = defaultdict(set)
     kept = []
@@ -28,7 +34,8 @@ def run(questions: list, rows: list[dict], verdicts: list[str]) -> tuple[list[di
             continue
         q = by_id[row["qid"]]
         unique[q.id].add(normalise(row["text"]))
-        kept.append({"qid": q.id, "index": row["index"], "question": q.question, "solution": row["text"].strip()})
+        valid = step_check(q.question, row["text"]) if step_check else None
+        kept.append({"qid": q.id, "index": row["index"], "question": q.question, "solution": row["text"].strip(), "valid_steps": valid})
     n = len(questions)
     metrics = {
         "coverage": len(unique) / n if n else 0.0,
@@ -36,6 +43,7 @@ def run(questions: list, rows: list[dict], verdicts: list[str]) -> tuple[list[di
         "sample_accuracy": verdicts.count(CORRECT) / len(verdicts) if verdicts else 0.0,
         "ungraded": verdicts.count(UNGRADED),
         "n_samples": len(rows),
+        "fpr": sum(not k["valid_steps"] for k in kept) / len(kept) if step_check and kept else None,
     }
     return kept, metrics
 
@@ -43,4 +51,4 @@ def run(questions: list, rows: list[dict], verdicts: list[str]) -> tuple[list[di
 def reference(questions: list) -> tuple[list[dict], dict]:
     """The human-data baseline: each question's own reference solution."""
     kept = [{"qid": q.id, "index": 0, "question": q.question, "solution": q.solution.strip()} for q in questions]
-    return kept, {"coverage": 1.0, "diversity": 1.0, "sample_accuracy": None, "ungraded": 0, "n_samples": 0}
+    return kept, {"coverage": 1.0, "diversity": 1.0, "sample_accuracy": None, "ungraded": 0, "n_samples": 0, "fpr": None}

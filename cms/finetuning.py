@@ -63,9 +63,10 @@ class SFTData(L.LightningDataModule):
 
 
 class SFTModule(L.LightningModule):
-    def __init__(self, model, lr: float, warmup_steps: int, weight_decay: float = 0.0):
+    def __init__(self, model, lr: float, warmup_steps: int, weight_decay: float = 0.0, schedule: str = "constant", total_steps: int = 1):
         super().__init__()
         self.model, self.lr, self.warmup_steps, self.weight_decay = model, lr, warmup_steps, weight_decay
+        self.schedule, self.total_steps = schedule, total_steps
         self.curve: list[dict] = []
 
     def training_step(self, batch, batch_idx):
@@ -81,13 +82,19 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        warmup = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        warmup, total = max(1, self.warmup_steps), max(1, self.total_steps)
+
+        def factor(step: int) -> float:  # linear warm-up, then constant or cosine decay to 10%
+            if step < warmup or self.schedule == "constant":
+                return min(1.0, (step + 1) / warmup)
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, steps: int, batch_size: int, lr: float,
-        warmup_steps: int = 0, weight_decay: float = 0.0, max_length: int = 1024, precision: str = "32-true",
+        warmup_steps: int = 0, weight_decay: float = 0.0, schedule: str = "constant", max_length: int = 1024, precision: str = "32-true",
         accelerator: str = "auto", devices: int = 1, log_every: int = 10, seed: int = 0, **_) -> dict:
     """Fine-tune ``model_path`` on ``pairs`` for ``steps`` optimizer steps; return the metrics.
 
@@ -105,7 +112,7 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
     examples = tokenize_pairs(tokenizer, pairs, max_length)
     if not examples:
         raise ValueError("no training example has a solution token left after truncation: raise finetune.max_length")
-    module = SFTModule(model, lr, warmup_steps, weight_decay)
+    module = SFTModule(model, lr, warmup_steps, weight_decay, schedule, steps)
     trainer = L.Trainer(
         max_steps=steps, accelerator=accelerator, devices=devices, precision=precision, logger=False,
         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=log_every,

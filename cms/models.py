@@ -2,8 +2,9 @@
 
 A card names a hub id or a local directory (``path``), optionally a shipped
 architecture config (``arch``, for counting parameters offline), or a ``tiny``
-Llama config that cms builds locally with random weights and a byte-level
-tokenizer, so tests and dry runs need no download.
+Llama config that cms builds locally: with random weights and a byte-level
+tokenizer, or, when the card has a ``train`` spec, trained from scratch on the
+toy world's arithmetic (``cms.toy``). Either way no download is needed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from filelock import FileLock
 
 ARCHS = Path(__file__).parent / "archs"
-TINY_DEFAULTS = {"max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
+TINY_DEFAULTS = {"vocab_size": 259, "max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
 
@@ -38,7 +39,7 @@ def _looks_local(path: str) -> bool:
 def card_key(card) -> str:
     """A stable identity for a card: part of every cache key that depends on the model."""
     c = _card(card)
-    return json.dumps({k: c.get(k) for k in ("name", "path", "arch", "tiny")}, sort_keys=True, default=str)
+    return json.dumps({k: c.get(k) for k in ("name", "path", "arch", "tiny", "train")}, sort_keys=True, default=str)
 
 
 def model_config(card):
@@ -47,7 +48,7 @@ def model_config(card):
 
     c = _card(card)
     if c.get("tiny"):
-        return LlamaConfig(vocab_size=256 + len(SPECIALS), **{**TINY_DEFAULTS, **dict(c["tiny"])})
+        return LlamaConfig(**{**TINY_DEFAULTS, **dict(c["tiny"])})
     path = c.get("path")
     if path and _looks_local(path):
         if not Path(path).expanduser().is_dir():
@@ -86,7 +87,7 @@ def count_params(card) -> int:
     return _count(card_key(card))
 
 
-def _byte_tokenizer():
+def byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -98,11 +99,11 @@ def _byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def build_tiny(card, directory: Path, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny Llama and its byte tokenizer as an HF directory."""
+def build_tiny(card, directory: Path, seed: int = 0, tokenizer=None) -> Path:
+    """Write a randomly initialised tiny Llama and its tokenizer (byte-level by default) as an HF directory."""
     from transformers import LlamaForCausalLM
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = tokenizer or byte_tokenizer()
     config = model_config(card)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
     torch.manual_seed(seed)
@@ -124,7 +125,12 @@ def resolve(card, cache_dir: str | Path) -> str:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(directory) + ".lock"):
             if not directory.exists():
-                build_tiny(c, directory)
+                if c.get("train"):
+                    from cms import toy
+
+                    toy.build(c, directory)
+                else:
+                    build_tiny(c, directory)
         return str(directory)
     path = c.get("path")
     if not path:

@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cms import budget, config, data, evaluation, filtering, finetuning, grading, models, sampling, tracking
+from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, models, sampling, tracking
 
 log = logging.getLogger("cms")
 config.register()
@@ -58,8 +58,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g)",
              b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"])
 
-    train = data.load(ds["name"], ds["train_split"], ds["answer_format"], c["paths"]["data_dir"], ds["hub"])
-    test = data.load(ds["name"], ds["test_split"], ds["answer_format"], c["paths"]["data_dir"], ds["hub"])
+    train, test = (data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["procedural"])
+                   for split in ("train_split", "test_split"))
     exemplars, questions = data.split_exemplars(train, ds["num_shots"], ds["train_limit"])
     test = test[: ds["test_limit"]] if ds["test_limit"] is not None else test
     fmt = data.PromptFormat(ds["question_template"], ds["solution_template"])
@@ -80,7 +80,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
                                         [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
-        kept, quality = filtering.run(questions, rows, verdicts)
+        kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None)
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]
     _write_jsonl(run_dir / "kept.jsonl", kept)
