@@ -102,6 +102,7 @@ class FinetuneConf:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine (after the warm-up)
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     max_length: int = 1024
     precision: str = "32-true"
     accelerator: str = "auto"

@@ -94,7 +94,8 @@ class SFTModule(L.LightningModule):
 
 
 def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, steps: int, batch_size: int, lr: float,
-        warmup_steps: int = 0, weight_decay: float = 0.0, schedule: str = "constant", max_length: int = 1024, precision: str = "32-true",
+        warmup_steps: int = 0, weight_decay: float = 0.0, schedule: str = "constant", grad_clip: float = 1.0,
+        max_length: int = 1024, precision: str = "32-true",
         accelerator: str = "auto", devices: int = 1, log_every: int = 10, seed: int = 0, **_) -> dict:
     """Fine-tune ``model_path`` on ``pairs`` for ``steps`` optimizer steps; return the metrics.
 
@@ -115,6 +116,7 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
     module = SFTModule(model, lr, warmup_steps, weight_decay, schedule, steps)
     trainer = L.Trainer(
         max_steps=steps, accelerator=accelerator, devices=devices, precision=precision, logger=False,
+        gradient_clip_val=grad_clip or None,
         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=log_every,
         num_sanity_val_steps=0, default_root_dir=str(out_dir),
     )

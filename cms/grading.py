@@ -158,14 +158,15 @@ def grade(fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_
     return grade_in_workers(fmt, items, workers, timeout_s, progress)
 
 
-def grade_cached(path: Path, fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_s: float = 5.0) -> list[str]:
-    """``grade`` with its verdicts kept in ``path``, so cells sharing samples grade them once."""
-    if path.exists():
-        verdicts = json.loads(path.read_text())
-        if len(verdicts) == len(items):
-            return verdicts
-    verdicts = grade(fmt, items, workers, timeout_s)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(verdicts))
-    tmp.replace(path)
-    return verdicts
+def grade_cached(path: Path, fmt: str, items: Sequence[tuple[str, str]], keys: Sequence[str], workers: int = 1, timeout_s: float = 5.0) -> list[str]:
+    """``grade`` with each verdict kept in ``path`` under its key (e.g. question and sample
+    index), so cells sharing samples, and budgets sharing a prefix of them, grade each once."""
+    known = json.loads(path.read_text()) if path.exists() else {}
+    todo = [j for j, k in enumerate(keys) if k not in known]
+    if todo:
+        for j, verdict in zip(todo, grade(fmt, [items[j] for j in todo], workers, timeout_s)):
+            known[keys[j]] = verdict
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(path)
+    return [known[k] for k in keys]

@@ -79,7 +79,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         )
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
-                                        [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
+                                        [(r["text"], gold[r["qid"]]) for r in rows], [f"{r['qid']}:{r['index']}" for r in rows], **c["grading"])
         kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None)
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]

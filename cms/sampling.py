@@ -194,64 +194,113 @@ def cache_key(**parts) -> str:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    """The rows of a jsonl store; a torn last line (a crash mid-write) is dropped."""
-    rows = []
+    """The rows of a jsonl store. A torn last line (a crash mid-write) is dropped and
+    cut from the file, so the rows appended next start on a line of their own."""
+    rows, good = [], 0
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    break
+                if not line.endswith(b"\n"):
+                    rows.pop()
+                    break
+                good += len(line)
+        if good < path.stat().st_size:
+            log.warning("sampling: dropped a torn tail of %d bytes from %s", path.stat().st_size - good, path)
+            os.truncate(path, good)
     return rows
+
+
+def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decoding: dict, bar) -> int:
+    """Draw what one shard lacks, under the shard's lock; returns the samples drawn."""
+    path = store / f"shard-{shard:05d}.jsonl"
+    have = {(r["qid"], r["index"]) for r in _read_rows(path)}
+    missing: dict[tuple, list] = {}
+    for q, p in items:
+        indices = tuple(i for i in range(n) if (q.id, i) not in have)
+        if indices:
+            missing.setdefault(indices, []).append((q, p))
+    drawn = 0
+    with path.open("a", encoding="utf-8") as f:
+        for indices, group in missing.items():
+            seeds = [[seed_for(seed, q.id, i) for i in indices] for q, _ in group]
+            out = engine().generate([p for _, p in group], len(indices), seeds=seeds, desc="batch", **decoding)
+            lines = [json.dumps({"qid": q.id, "index": i, **asdict(s)}) + "\n"
+                     for (q, _), samples in zip(group, out) for i, s in zip(indices, samples)]
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            drawn += len(lines)
+            bar.update(len(lines))
+    return drawn
 
 
 def run(
     *, generator: dict, questions: list, prompts: list[str], n: int, sampler: dict, decoding: dict,
-    seed: int, cache_dir: str | Path, key_parts: dict,
+    seed: int, cache_dir: str | Path, key_parts: dict, worker: int = 0, workers: int = 1,
 ) -> tuple[list[dict], bool, Path]:
-    """Samples for every question, from the cache or freshly drawn.
+    """``n`` samples for every question, from the store or freshly drawn.
 
     Returns (rows, cache_hit, store directory); each row is
-    {qid, index, text, tokens, finish}. Shards of ``sampler.batch_size``
-    questions are appended (and fsynced) as they finish, so an interrupted pass
-    resumes where it stopped.
+    {qid, index, text, tokens, finish}, in question order then index order.
+
+    The store is keyed without ``n``: samples are kept per (question, index), so a
+    larger budget draws only the indices it lacks and a smaller one is free. The
+    questions are split into shards of ``sampler.batch_size``, each an
+    append-only, fsynced jsonl file with its own lock: processes sharing the
+    cache (grid cells, SLURM jobs) take the shards nobody holds and wait for the
+    rest, so no sample is drawn twice, and a killed pass resumes where it
+    stopped. ``worker``/``workers`` split a large pass across processes: worker k
+    starts at shard k and strides by ``workers`` before helping with the rest.
     """
-    key = cache_key(generator=models.card_key(generator), n=n, seed=seed, backend=sampler["backend"], decoding=decoding, **key_parts)
+    key = cache_key(generator=models.card_key(generator), seed=seed, backend=sampler["backend"], decoding=decoding, **key_parts)
     store = Path(cache_dir) / "samples" / key
     store.mkdir(parents=True, exist_ok=True)
-    path = store / "samples.jsonl"
-    with FileLock(str(store / ".lock")):
-        if (store / ".done").exists():
-            rows = _read_rows(path)
-            log.info("sampling: cache hit: %d samples of %s already in %s", len(rows), generator["name"], store)
-            return rows, True, store
-        rows = _read_rows(path)
-        done = {r["qid"] for r in rows}
-        todo = [(q, p) for q, p in zip(questions, prompts) if q.id not in done]
-        log.info(
-            "sampling: sampling pass: %d samples (%d per question x %d questions, %d already stored) with %s -> %s",
-            len(todo) * n, n, len(todo), len(done), generator["name"], store,
-        )
-        (store / "meta.json").write_text(json.dumps({"generator": generator, "n": n, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))
-        if todo:
-            path_or_id = models.resolve(generator, cache_dir)
-            options = {k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p")}
-            engine = make_sampler(sampler["backend"], path_or_id, seed=seed, **options)
-            try:
-                shard = engine.batch_size
-                with path.open("a", encoding="utf-8") as f:
-                    for start in tqdm(range(0, len(todo), shard), desc=f"sampling {generator['name']}", unit="shard"):
-                        part = todo[start : start + shard]
-                        seeds = [[seed_for(seed, q.id, i) for i in range(n)] for q, _ in part]
-                        out = engine.generate([p for _, p in part], n, seeds=seeds, desc="batch", **decoding)
-                        for (q, _), samples in zip(part, out):
-                            for i, s in enumerate(samples):
-                                row = {"qid": q.id, "index": i, **asdict(s)}
-                                f.write(json.dumps(row) + "\n")
-                                rows.append(row)
-                        f.flush()
-                        os.fsync(f.fileno())
-            finally:
-                engine.close()
-        (store / ".done").touch()
-    return rows, False, store
+    size = max(1, sampler["batch_size"])
+    items = list(zip(questions, prompts))
+    shards = [items[i : i + size] for i in range(0, len(items), size)]
+    order = list(range(worker, len(shards), workers)) + [k for k in range(len(shards)) if k % workers != worker]
+    engine = None
+
+    def get_engine():
+        nonlocal engine
+        if engine is None:
+            engine = make_sampler(sampler["backend"], models.resolve(generator, cache_dir), seed=seed,
+                                  **{k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p")})
+        return engine
+
+    (store / "meta.json").write_text(json.dumps({"generator": generator, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))
+    drawn, pending = 0, []
+    try:
+        with tqdm(desc=f"sampling {generator['name']}", unit="sample", total=n * len(items)) as bar:
+            for k in order:  # first the shards that nobody else is drawing
+                lock = FileLock(str(store / f"shard-{k:05d}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except TimeoutError:
+                    pending.append(k)
+                    continue
+                try:
+                    drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, bar)
+                finally:
+                    lock.release()
+            for k in pending:  # then wait for the others' shards, finishing any they left undone
+                with FileLock(str(store / f"shard-{k:05d}.lock")):
+                    drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, bar)
+    finally:
+        if engine is not None:
+            engine.close()
+    have = {}
+    for k in range(len(shards)):
+        for row in _read_rows(store / f"shard-{k:05d}.jsonl"):
+            have.setdefault((row["qid"], row["index"]), row)
+    wanted = n * len(items)
+    if drawn:
+        log.info("sampling: sampling pass: drew %d new samples with %s (%d per question x %d questions; %d were already stored) in %s",
+                 drawn, generator["name"], n, len(items), wanted - drawn, store)
+    else:
+        log.info("sampling: cache hit: all %d samples of %s (%d per question) already in %s", wanted, generator["name"], n, store)
+    return [have[(q.id, i)] for q in questions for i in range(n)], not drawn, store

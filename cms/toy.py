@@ -2,8 +2,9 @@
 
 Each is a small Llama with a BPE tokenizer learnt from the arith pretraining
 corpus. It is trained on prompts in the sampling
-format, with zero or one solved exemplar before the question, and a loss on the
-solution only, so it answers both zero-shot and few-shot prompts. Training is deterministic given the card's seed
+format with a loss on the solution only; by default the prompts are zero-shot,
+as the arith dataset's are (models this small copy numbers from an exemplar
+instead of the question: 27% vs 44.5% greedy accuracy for toy-se 1-shot vs 0-shot). Training is deterministic given the card's seed
 and runs once: ``models.resolve`` caches the result under a key of the card.
 """
 
@@ -35,7 +36,7 @@ def tokenizer(corpus: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def examples(records: list, seed: int, max_shots: int = 1) -> list[tuple[str, str]]:
+def examples(records: list, seed: int, max_shots: int = 0) -> list[tuple[str, str]]:
     """Training pairs in the sampling format: 0 to ``max_shots`` solved exemplars, then a
     question (the prompt, masked from the loss) and its solution (the completion)."""
     rng = random.Random(seed)

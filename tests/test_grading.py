@@ -95,6 +95,6 @@ def test_every_math_reference_solution_grades_correct():
 def test_grades_are_cached(tmp_path):
     path = tmp_path / "grades.json"
     items = [("#### 3", "3"), ("#### 4", "3")]
-    assert grading.grade_cached(path, "gsm8k", items) == [grading.CORRECT, grading.WRONG]
-    path.write_text('["wrong", "wrong"]')  # a cached verdict is read back, not recomputed
-    assert grading.grade_cached(path, "gsm8k", items) == [grading.WRONG, grading.WRONG]
+    assert grading.grade_cached(path, "gsm8k", items, ["q:0", "q:1"]) == [grading.CORRECT, grading.WRONG]
+    path.write_text('{"q:0": "wrong", "q:1": "wrong"}')  # a cached verdict is read back, not recomputed
+    assert grading.grade_cached(path, "gsm8k", items + [("#### 3", "3")], ["q:0", "q:1", "q:2"]) == [grading.WRONG, grading.WRONG, grading.CORRECT]

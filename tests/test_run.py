@@ -86,3 +86,22 @@ def test_zero_kept_solutions_is_a_message_not_a_crash(env, tmp_path, caplog):
     results = run.run_cell(cfg, tmp_path / "cell")
     assert results["n_train_examples"] == 0 and results["accuracy"] is None
     assert "nothing to fine-tune on" in caplog.text and "data.source=reference" in caplog.text
+
+
+TOY_SMALL = ["debug=smoke"] + [f"family.{r}.train.{k}={v}" for r in ("wc", "se", "student") for k, v in (("steps", 20), ("corpus_size", 400))]
+
+
+def test_default_toy_grid_trains_models_once_and_reports(env, tmp_path):
+    """The default (family=toy dataset=arith), at a reduced size: toy models are
+    trained on the first run, reused on the second, and the summary answers."""
+    sweep = tmp_path / "sweep"
+    log = cms_run(["-m", "model=wc,se", "setting=kd,self,w2s", f"hydra.sweep.dir={sweep}"] + TOY_SMALL, env, tmp_path)
+    assert log.count("training toy model") == 3
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert len(results) == 6 and {r["family"] for r in results} == {"toy"} and {r["dataset"] for r in results} == {"arith"}
+    assert all(r["fpr"] is None or 0.0 <= r["fpr"] <= 1.0 for r in results)
+    summary = (sweep / "summary.md").read_text()
+    for part in ("## The data", "per-sample accuracy", "coverage", "diversity", "FPR (exact)", "relative gain", "toy-student"):
+        assert part in summary
+    again = cms_run(["model=se", "setting=kd", "seed=1"] + TOY_SMALL, env, tmp_path)
+    assert "training toy model" not in again

@@ -1,4 +1,11 @@
 import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -37,19 +44,78 @@ def test_prompt_longer_than_context_names_the_fix(engine):
         engine.generate(["x" * 9000], 1, 0.0, 1.0, 8, [], [[0]])
 
 
-def test_sample_cache_is_shared_and_survives_a_torn_tail(tiny_family, tmp_path):
+def _args(family, cache, n):
     questions = [Record(f"q{i}", f"question {i}", "1", "") for i in range(3)]
-    args = dict(generator=tiny_family["wc"], questions=questions, prompts=[f"Q{i}:" for i in range(3)], n=2,
+    return dict(generator=family["wc"], questions=questions, prompts=[f"Q{i}:" for i in range(3)], n=n,
                 sampler={"backend": "hf", "temperature": 0.7, "top_p": 1.0, "batch_size": 2},
                 decoding={"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 8, "stop": []},
-                seed=0, cache_dir=tmp_path, key_parts={"dataset": "t"})
-    rows, hit, store = sampling.run(**args)
-    assert not hit and len(rows) == 6 and {(r["qid"], r["index"]) for r in rows} == {(f"q{q}", i) for q in range(3) for i in range(2)}
-    again, hit, _ = sampling.run(**args)
+                seed=0, cache_dir=cache, key_parts={"dataset": "t"})
+
+
+def test_sample_cache_is_shared_and_survives_a_torn_tail(tiny_family, tmp_path):
+    rows, hit, store = sampling.run(**_args(tiny_family, tmp_path, 2))
+    assert not hit and len(rows) == 6 and [(r["qid"], r["index"]) for r in rows] == [(f"q{q}", i) for q in range(3) for i in range(2)]
+    again, hit, _ = sampling.run(**_args(tiny_family, tmp_path, 2))
     assert hit and again == rows
-    # an interrupted pass: the .done marker is missing and the last line is torn
-    (store / ".done").unlink()
-    lines = (store / "samples.jsonl").read_text().splitlines()
-    (store / "samples.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
-    resumed, hit, _ = sampling.run(**args)
-    assert not hit and sorted(map(json.dumps, resumed)) == sorted(map(json.dumps, rows))
+    # an interrupted pass: the last line of a shard is torn
+    shard = store / "shard-00000.jsonl"
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
+    resumed, hit, _ = sampling.run(**_args(tiny_family, tmp_path, 2))
+    assert not hit and resumed == rows
+    assert len(shard.read_text().splitlines()) == 4  # the torn line is gone, nothing duplicated
+
+
+def test_nested_budgets_draw_only_the_difference(tiny_family, tmp_path, caplog):
+    caplog.set_level("INFO")
+    low, _, _ = sampling.run(**_args(tiny_family, tmp_path, 2))
+    assert "drew 6 new samples" in caplog.text
+    caplog.clear()
+    high, hit, _ = sampling.run(**_args(tiny_family, tmp_path, 5))
+    assert not hit and "drew 9 new samples" in caplog.text and "6 were already stored" in caplog.text
+    assert [r for r in high if r["index"] < 2] == low
+    caplog.clear()
+    again, hit, _ = sampling.run(**_args(tiny_family, tmp_path, 1))
+    assert hit and "drew" not in caplog.text and again == [r for r in low if r["index"] == 0]
+    # sample i of q is the same whichever budget drew it: high first, then low, elsewhere
+    fresh, _, _ = sampling.run(**_args(tiny_family, tmp_path / "other", 5))
+    assert fresh == high
+
+
+def _store_rows(cache):
+    [store] = (cache / "samples").iterdir()
+    return [json.loads(line) for shard in sorted(store.glob("shard-*.jsonl")) for line in shard.read_text().splitlines()]
+
+
+def _worker(cache, n, questions=12):
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "sample_worker.py"), str(cache), str(n), str(questions)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_concurrent_processes_share_one_sampling_pass(tmp_path):
+    procs = [_worker(tmp_path, 3) for _ in range(4)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    drawn = [int(m) for log in logs for m in re.findall(r"drew (\d+) new samples", log)]
+    assert sum(drawn) == 36  # the processes split the shards; nothing was drawn twice
+    totals = {line.split(" hit=")[0] for log in logs for line in log.splitlines() if line.startswith("rows=")}
+    assert len(totals) == 1 and totals.pop().startswith("rows=36 ")  # every process returned the same samples
+    rows = _store_rows(tmp_path)
+    assert len(rows) == len({(r["qid"], r["index"]) for r in rows}) == 36
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+    reference = _worker(tmp_path / "ref", 3, 16)
+    assert reference.wait(timeout=600) == 0
+    rng = random.Random(0)
+    for _ in range(10):
+        proc = _worker(tmp_path / "killed", 3, 16)
+        time.sleep(rng.uniform(1.0, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = _worker(tmp_path / "killed", 3, 16)
+    assert final.wait(timeout=600) == 0
+    rows = _store_rows(tmp_path / "killed")
+    keys = [(r["qid"], r["index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 48
+    assert {k: r for k, r in zip(keys, rows)} == {(r["qid"], r["index"]): r for r in _store_rows(tmp_path / "ref")}
