@@ -83,6 +83,9 @@ class SamplerConf:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 8  # questions per batch (hf); prompts per LLM.generate call (vllm)
+    isolate: bool = False  # run the backend in a child process, freeing its memory when done (vllm: true)
+    worker: int = 0  # this process's share of a pass split across `workers` processes
+    workers: int = 1
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     dtype: str = "auto"
@@ -141,6 +144,7 @@ class PathsConf:
 @dataclass
 class RunConf:
     seed: int = 0
+    stop_after: Optional[str] = None  # null: the whole cell | sampling: draw (and grade) the samples, then stop
     model: GeneratorConf = field(default_factory=GeneratorConf)
     setting: SettingConf = field(default_factory=SettingConf)
     family: FamilyConf = field(default_factory=FamilyConf)
@@ -159,6 +163,7 @@ CHOICES = {
     "model.role": ("wc", "se"),
     "setting.learner": ("student", "wc", "se"),
     "data.source": ("sampled", "reference"),
+    "stop_after": (None, "sampling"),
     "sampler.backend": ("hf", "vllm"),
     "dataset.answer_format": ("gsm8k", "math"),
     "logger.backend": ("wandb", "none"),
@@ -171,7 +176,8 @@ def validate(cfg) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}: override it, e.g. {key}={allowed[0]}")
+            names = ", ".join("null" if a is None else a for a in allowed)
+            raise ValueError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
 
 
 def register() -> None:

@@ -76,6 +76,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
             generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
             sampler=c["sampler"], decoding=decoding, seed=c["seed"], cache_dir=cache,
             key_parts={"dataset": ds["name"], "split": ds["train_split"], "prompts": sampling.cache_key(p=prompts)},
+            worker=c["sampler"]["worker"], workers=c["sampler"]["workers"],
         )
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
@@ -83,6 +84,9 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None)
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]
+        if c["stop_after"] == "sampling":
+            log.info("stop_after=sampling: %d samples drawn and graded in %s; the grid's cells will reuse them", len(rows), store)
+            return {"samples": len(rows), "store": str(store), **quality, **spent}
     _write_jsonl(run_dir / "kept.jsonl", kept)
     log.info("data from %s: %d kept solutions, coverage %.3f, diversity %.3f", source, len(kept), quality["coverage"], quality["diversity"])
 

@@ -8,7 +8,8 @@ Two backends share one interface, ``generate(prompts, n, ...) -> [[Sample]*n]``:
   of question q does not depend on the batch it ran in; rows stop at EOS or a
   stop string and leave the batch.
 - ``VLLMSampler``: vLLM on GPU, ``LLM.generate`` with ``SamplingParams(n=S)`` and
-  prefix caching, imported only when chosen.
+  prefix caching, imported only when chosen; by default in a child process of
+  its own (``Isolated``), so its GPU memory is freed when sampling ends.
 
 Samples are cached under a key of everything that determines them (generator,
 dataset split and questions, prompt text, decoding parameters, backend, seed) in
@@ -21,6 +22,7 @@ import gc
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,10 +185,65 @@ class VLLMSampler:
 BACKENDS = {"hf": HFSampler, "vllm": VLLMSampler}
 
 
-def make_sampler(backend: str, path: str, **options):
+def _serve(conn, backend: str, path: str, options: dict) -> None:
+    """The child side of ``Isolated``: build the engine, answer generate calls until closed."""
+    try:
+        engine = BACKENDS[backend](path, **options)
+        conn.send(("ok", engine.batch_size))
+    except Exception as err:
+        conn.send(("error", f"{err.__class__.__name__}: {err}"))
+        return
+    while True:
+        kind, args, kwargs = conn.recv()
+        if kind == "close":
+            return
+        try:
+            conn.send(("ok", engine.generate(*args, **kwargs)))
+        except Exception as err:
+            conn.send(("error", f"{err.__class__.__name__}: {err}"))
+
+
+class Isolated:
+    """A sampler backend in a child process of its own: when it closes, the process
+    exits and every byte it held (the vLLM engine's GPU memory included) is back
+    for the fine-tuning that follows in the same job."""
+
+    def __init__(self, backend: str, path: str, **options):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options), daemon=True)
+        self.proc.start()
+        child.close()
+        self.batch_size = self._answer()
+
+    def _answer(self):
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the sampler process died (exit code {self.proc.exitcode}); see its output above") from None
+        if status == "error":
+            raise RuntimeError(f"in the sampler process: {payload}")
+        return payload
+
+    def generate(self, *args, **kwargs):
+        self.conn.send(("generate", args, kwargs))
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.conn.send(("close", (), {}))
+            self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def make_sampler(backend: str, path: str, isolate: bool = False, **options):
+    """A sampler backend; ``isolate`` runs it in a child process (the default for vLLM)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampler backend {backend!r}: use sampler=hf or sampler=vllm")
-    return BACKENDS[backend](path, **options)
+    return Isolated(backend, path, **options) if isolate else BACKENDS[backend](path, **options)
 
 
 def cache_key(**parts) -> str:
@@ -269,7 +326,7 @@ def run(
         nonlocal engine
         if engine is None:
             engine = make_sampler(sampler["backend"], models.resolve(generator, cache_dir), seed=seed,
-                                  **{k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p")})
+                                  **{k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p", "worker", "workers")})
         return engine
 
     (store / "meta.json").write_text(json.dumps({"generator": generator, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))

@@ -119,3 +119,15 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     keys = [(r["qid"], r["index"]) for r in rows]
     assert len(keys) == len(set(keys)) == 48
     assert {k: r for k, r in zip(keys, rows)} == {(r["qid"], r["index"]): r for r in _store_rows(tmp_path / "ref")}
+
+
+def test_isolated_backend_gives_the_same_samples_and_exits(tiny_family, tmp_path):
+    path = models.resolve(tiny_family["wc"], tmp_path)
+    prompts, seeds = ["Question: 3?\nAnswer:", "Q: 4\nA:"], [[1, 2], [3, 4]]
+    inside = sampling.make_sampler("hf", path, batch_size=2).generate(prompts, 2, 0.7, 1.0, 10, [], seeds)
+    engine = sampling.make_sampler("hf", path, isolate=True, batch_size=2)
+    assert engine.generate(prompts, 2, 0.7, 1.0, 10, [], seeds) == inside
+    engine.close()
+    assert not engine.proc.is_alive() and engine.proc.exitcode == 0
+    with pytest.raises(RuntimeError, match="in the sampler process"):
+        sampling.make_sampler("hf", str(tmp_path / "nowhere"), isolate=True)
