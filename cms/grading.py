@@ -22,6 +22,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Optional, Sequence
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from cms.data import last_boxed
@@ -179,13 +180,15 @@ def grade(fmt: str, items: Sequence[tuple[str, str]], workers: int = 1, timeout_
 
 def grade_cached(path: Path, fmt: str, items: Sequence[tuple[str, str]], keys: Sequence[str], workers: int = 1, timeout_s: float = 5.0) -> list[str]:
     """``grade`` with each verdict kept in ``path`` under its key (e.g. question and sample
-    index), so cells sharing samples, and budgets sharing a prefix of them, grade each once."""
-    known = json.loads(path.read_text()) if path.exists() else {}
-    todo = [j for j, k in enumerate(keys) if k not in known]
-    if todo:
-        for j, verdict in zip(todo, grade(fmt, [items[j] for j in todo], workers, timeout_s)):
-            known[keys[j]] = verdict
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(path)
+    index), so cells sharing samples, and budgets sharing a prefix of them, grade each once.
+    Processes sharing the file take turns (a lock next to it)."""
+    with FileLock(str(path) + ".lock"):
+        known = json.loads(path.read_text()) if path.exists() else {}
+        todo = [j for j, k in enumerate(keys) if k not in known]
+        if todo:
+            for j, verdict in zip(todo, grade(fmt, [items[j] for j in todo], workers, timeout_s)):
+                known[keys[j]] = verdict
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(path)
     return [known[k] for k in keys]

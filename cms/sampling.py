@@ -329,7 +329,9 @@ def run(
                                   **{k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p", "worker", "workers")})
         return engine
 
-    (store / "meta.json").write_text(json.dumps({"generator": generator, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))
+    meta = store / f"meta.{os.getpid()}.tmp"  # several processes may share the store: write, then rename
+    meta.write_text(json.dumps({"generator": generator, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))
+    meta.replace(store / "meta.json")
     drawn, pending = 0, []
     try:
         with tqdm(desc=f"sampling {generator['name']}", unit="sample", total=n * len(items)) as bar:

@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -96,3 +97,17 @@ def test_grades_are_cached(tmp_path):
     assert grading.grade_cached(path, "gsm8k", items, ["q:0", "q:1"]) == [grading.CORRECT, grading.WRONG]
     path.write_text('{"q:0": "wrong", "q:1": "wrong"}')  # a cached verdict is read back, not recomputed
     assert grading.grade_cached(path, "gsm8k", items + [("#### 3", "3")], ["q:0", "q:1", "q:2"]) == [grading.WRONG, grading.WRONG, grading.CORRECT]
+
+
+def _grade_shared(path):
+    items = [(f"#### {i}", str(i % 3)) for i in range(3000)]
+    return grading.grade_cached(path, "gsm8k", items, [f"q{i}:0" for i in range(3000)])
+
+
+def test_grade_cache_shared_by_concurrent_processes(tmp_path):
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(4) as pool:
+        results = pool.map(_grade_shared, [tmp_path / "grades.json"] * 4)
+    assert all(r == results[0] for r in results) and results[0].count(grading.CORRECT) == 3
+    assert len(json.loads((tmp_path / "grades.json").read_text())) == 3000
