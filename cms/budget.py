@@ -14,7 +14,7 @@ All functions here are pure: parameter counts come from ``cms.models.count_param
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 MATCHES = ("compute", "number", "price")
 
@@ -38,9 +38,6 @@ class Plan:
     generator_params: int
     assumed_solution_tokens: int
     planned_flops_per_question: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def samples_per_question(

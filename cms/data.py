@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -28,9 +28,6 @@ class Record:
     solution: str  # the reference (human-written) solution
     level: Optional[str] = None
     type: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def last_boxed(text: str) -> Optional[str]:

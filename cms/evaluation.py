@@ -31,8 +31,7 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
         if summary_path.exists():
             return json.loads(summary_path.read_text())
         prompts = [prompt_format.prompt(r, exemplars) for r in records]
-        options = {k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p", "worker", "workers")}
-        engine = sampling.make_sampler(sampler["backend"], model_path, **options)
+        engine = sampling.from_config(sampler, model_path)
         try:
             outs = engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=stop, seeds=[[0]] * len(prompts), desc="evaluating")
         finally:

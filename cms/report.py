@@ -83,12 +83,14 @@ def accuracy_rows(results: list[dict]) -> list[dict]:
 
 
 def _cell(row: dict, key: str, pct: bool = False) -> str:
+    """``mean ± std`` of one figure: percentages with one decimal (gains signed), else 3 digits."""
     value, std = row.get(key), row.get(key + "_std")
     if value is None:
         return "n/a"
-    scale, unit = (100, "%") if pct else (1, "")
-    text = f"{value * scale:+.1f}{unit}" if key == "relative_gain" else f"{value * scale:.3g}" if not pct else f"{value * scale:.1f}{unit}"
-    return text + (f" ± {std * scale:.1f}{unit}" if std is not None and pct else f" ± {std:.3g}" if std is not None else "")
+    if not pct:
+        return f"{value:.3g}" + (f" ± {std:.3g}" if std is not None else "")
+    sign = "+" if key == "relative_gain" else ""
+    return f"{100 * value:{sign}.1f}%" + (f" ± {100 * std:.1f}%" if std is not None else "")
 
 
 def markdown(results: list[dict]) -> str:

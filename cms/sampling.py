@@ -246,6 +246,15 @@ def make_sampler(backend: str, path: str, isolate: bool = False, **options):
     return Isolated(backend, path, **options) if isolate else BACKENDS[backend](path, **options)
 
 
+# sampler config keys that shape the requests or the split of work, not the engine
+NOT_ENGINE = ("backend", "temperature", "top_p", "worker", "workers")
+
+
+def from_config(sampler: dict, path: str, **extra):
+    """The engine that the ``sampler`` config group describes, loading ``path``."""
+    return make_sampler(sampler["backend"], path, **{k: v for k, v in sampler.items() if k not in NOT_ENGINE}, **extra)
+
+
 def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -325,8 +334,7 @@ def run(
     def get_engine():
         nonlocal engine
         if engine is None:
-            engine = make_sampler(sampler["backend"], models.resolve(generator, cache_dir), seed=seed,
-                                  **{k: v for k, v in sampler.items() if k not in ("backend", "temperature", "top_p", "worker", "workers")})
+            engine = from_config(sampler, models.resolve(generator, cache_dir), seed=seed)
         return engine
 
     meta = store / f"meta.{os.getpid()}.tmp"  # several processes may share the store: write, then rename
