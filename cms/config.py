@@ -52,6 +52,7 @@ class BudgetConf:
     se_samples: Optional[int] = 1
     flops_per_question: Optional[float] = None
     max_samples_per_question: int = 1000
+    finetune_steps: int = 600  # the paper's SFT steps at this budget (low 600, high 6000); finetune=paper uses it
 
 
 @dataclass
@@ -98,19 +99,34 @@ class GradingConf:
 
 
 @dataclass
+class StrategyConf:
+    name: str = "single"  # single | ddp | fsdp
+    devices: int = 1  # per node
+    num_nodes: int = 1  # > 1: the ranks are started with srun inside the cell's SLURM allocation
+    sharding: str = "FULL_SHARD"  # fsdp: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD
+    activation_checkpointing: bool = False
+
+
+@dataclass
 class FinetuneConf:
     steps: int = 600
-    batch_size: int = 32
+    batch_size: int = 32  # examples per step (with packing: rows carrying about as many tokens)
     lr: float = 1e-6
     warmup_steps: int = 20
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine (after the warm-up)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     max_length: int = 1024
+    packing: bool = True  # best-fit-decreasing rows, position ids restart per example, no cross-attention
+    pack_length: Optional[int] = None  # tokens per packed row; None: max_length
     precision: str = "32-true"
     accelerator: str = "auto"
-    devices: int = 1
     log_every: int = 10
+    checkpoints: int = 10  # evenly spaced HF checkpoints; the best on the validation split is evaluated
+    val_size: int = 0  # validation questions carved from train (0: no selection, the last checkpoint)
+    save_every: Optional[int] = None  # steps between resume states (None: at the checkpoints only)
+    peak_tflops: Optional[float] = None  # per device, for MFU (None: known GPUs, none on CPU)
+    strategy: StrategyConf = field(default_factory=StrategyConf)
 
 
 @dataclass
@@ -144,6 +160,7 @@ class PathsConf:
 @dataclass
 class RunConf:
     seed: int = 0
+    detach: bool = False  # with hydra/launcher=submitit_slurm: submit the grid and return (python -m cms.slurm status)
     stop_after: Optional[str] = None  # null: the whole cell | sampling: draw (and grade) the samples, then stop
     model: GeneratorConf = field(default_factory=GeneratorConf)
     setting: SettingConf = field(default_factory=SettingConf)
@@ -168,6 +185,8 @@ CHOICES = {
     "dataset.answer_format": ("gsm8k", "math"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
+    "finetune.schedule": ("constant", "cosine"),
+    "finetune.strategy.name": ("single", "ddp", "fsdp"),
 }
 
 

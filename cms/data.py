@@ -139,7 +139,17 @@ class PromptFormat:
         return self.solution_template.format(solution=solution.strip())
 
 
-def split_exemplars(train: list[Record], shots: int, limit: Optional[int] = None) -> tuple[list[Record], list[Record]]:
-    """The first ``shots`` train records become the few-shot exemplars; the rest, up to ``limit``, the questions."""
-    exemplars, questions = train[:shots], train[shots:]
-    return exemplars, questions[:limit] if limit is not None else questions
+def split_exemplars(train: list[Record], shots: int, limit: Optional[int] = None,
+                    val_size: int = 0) -> tuple[list[Record], list[Record], list[Record]]:
+    """(exemplars, questions, validation) from train: the first ``shots`` records are the
+    few-shot exemplars; the questions are the next ``limit`` (all when None); the
+    validation questions come after them (or off the end when there is no limit)."""
+    exemplars, pool = train[:shots], train[shots:]
+    if limit is None:
+        questions, val = pool[: len(pool) - val_size], pool[len(pool) - val_size:]
+    else:
+        questions, val = pool[:limit], pool[limit: limit + val_size]
+    if len(val) < val_size or not questions:
+        raise ValueError(f"train has {len(train)} records: too few for {shots} exemplars, dataset.train_limit={limit} "
+                         f"questions and finetune.val_size={val_size}; lower finetune.val_size or dataset.train_limit")
+    return exemplars, questions, val

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock
+from tqdm import tqdm
 
 from cms import grading, sampling
 from cms.data import PromptFormat, Record
@@ -52,3 +53,20 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
         }
         summary_path.write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], *, out_dir: str | Path, **eval_args) -> dict:
+    """The paper's protocol: greedy pass@1 of each checkpoint ({step, path}) on the validation
+    questions; the best (the later one on a tie) is selected. Without validation questions,
+    the last checkpoint is."""
+    if not val:
+        last = checkpoints[-1]
+        return {**last, "val_accuracy": None}
+    scores = []
+    for ck in tqdm(checkpoints, desc="validating checkpoints", disable=len(checkpoints) < 2):
+        summary = run(ck["path"], val, exemplars, out_path=Path(out_dir) / f"step-{ck['step']:06d}.jsonl", **eval_args)
+        scores.append({"step": ck["step"], "accuracy": summary["accuracy"]})
+    best = max(range(len(scores)), key=lambda i: (scores[i]["accuracy"], i))
+    log.info("checkpoint selection on %d validation questions: %s; selected step %d", len(val),
+             ", ".join(f"{s['step']}: {s['accuracy']:.3f}" for s in scores), scores[best]["step"])
+    return {**checkpoints[best], "val_accuracy": scores}

@@ -36,10 +36,21 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _writable(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write {path} ({err.strerror or err}), {what} at a writable directory") from None
+
+
 def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     """Run one (model, setting) cell into ``run_dir``; return its results."""
     config.validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _writable(run_dir, "the run directory: point paths.output_dir (CMS_OUTPUT_DIR) or hydra.run.dir")
+    _writable(Path(cfg.paths.cache_dir), "the cache: point paths.cache_dir (CMS_CACHE_DIR)")
     if (run_dir / "results.json").exists():
         log.info("cell already finished: %s", run_dir / "results.json")
         return json.loads((run_dir / "results.json").read_text())
@@ -60,7 +71,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
 
     train, test = (data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["procedural"])
                    for split in ("train_split", "test_split"))
-    exemplars, questions = data.split_exemplars(train, ds["num_shots"], ds["train_limit"])
+    exemplars, questions, val = data.split_exemplars(train, ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
     test = test[: ds["test_limit"]] if ds["test_limit"] is not None else test
     fmt = data.PromptFormat(ds["question_template"], ds["solution_template"])
 
@@ -101,11 +112,13 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
                                  ex=[e.id for e in exemplars], ds=ds, backend=c["sampler"]["backend"])
         baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **eval_args)
 
-    finetuned, final = None, None
+    finetuned, final, selected = None, None, None
     if kept:
         pairs = [(fmt.prompt(data.Record(k["qid"], k["question"], "", "")), fmt.completion(k["solution"])) for k in kept]
         finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], **c["finetune"])
-        final = evaluation.run(finetuned["checkpoint"], test, exemplars[: ev["finetuned_shots"]],
+        selected = evaluation.select(finetuned["checkpoints"], val, exemplars[: ev["finetuned_shots"]],
+                                     out_dir=run_dir / "validation", **eval_args)
+        final = evaluation.run(selected["path"], test, exemplars[: ev["finetuned_shots"]],
                                out_path=run_dir / "eval_finetuned.jsonl", **eval_args)
     else:
         log.error("no solution from %s graded correct (%d samples): nothing to fine-tune on, so accuracy is n/a. "
@@ -126,7 +139,12 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "n_test": len(test),
         "train_loss_first": finetuned["train_loss_first"] if finetuned else None,
         "train_loss_last": finetuned["train_loss_last"] if finetuned else None,
-        "checkpoint": finetuned["checkpoint"] if finetuned else None,
+        "checkpoint": selected["path"] if selected else None,
+        "selected_step": selected["step"] if selected else None,
+        "val_accuracy": selected["val_accuracy"] if selected else None,
+        "n_val": len(val),
+        "finetune_steps": finetuned["steps"] if finetuned else None,
+        **{k: finetuned[k] if finetuned else None for k in ("tokens_per_s", "mfu", "padding_waste")},
     }
     _write_json(run_dir / "results.json", results)
     log.info("results: %s", run_dir / "results.json")

@@ -18,6 +18,7 @@ dataset split and questions, prompt text, decoding parameters, backend, seed) in
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
@@ -260,24 +261,35 @@ def cache_key(**parts) -> str:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    """The rows of a jsonl store. A torn last line (a crash mid-write) is dropped and
-    cut from the file, so the rows appended next start on a line of their own."""
-    rows, good = [], 0
-    if path.exists():
-        with path.open("rb") as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    break
-                if not line.endswith(b"\n"):
-                    rows.pop()
-                    break
-                good += len(line)
-        if good < path.stat().st_size:
-            log.warning("sampling: dropped a torn tail of %d bytes from %s", path.stat().st_size - good, path)
-            os.truncate(path, good)
+    """The rows of a jsonl shard. Lines that do not parse as a sample (a torn tail
+    from a crash mid-write, a corrupted line) are dropped and cut from the file, so
+    their samples are drawn again (same seeds, same samples) and the rest are kept."""
+    rows, bad = [], 0
+    if not path.exists():
+        return rows
+    raw = path.read_bytes()
+    for line in raw.splitlines(keepends=True):
+        try:
+            row = json.loads(line) if line.endswith(b"\n") else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if isinstance(row, dict) and {"qid", "index", "text"} <= row.keys():
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        log.warning("sampling: dropped %d unreadable line(s) from %s (a torn or corrupted write); "
+                    "their samples are drawn again, the other %d are kept", bad, path, len(rows))
+        tmp = path.with_suffix(".repair")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, path)
     return rows
+
+
+def _append(f, text: str) -> None:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decoding: dict, bar) -> int:
@@ -296,9 +308,14 @@ def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decod
             out = engine().generate([p for _, p in group], len(indices), seeds=seeds, desc="batch", **decoding)
             lines = [json.dumps({"qid": q.id, "index": i, **asdict(s)}) + "\n"
                      for (q, _), samples in zip(group, out) for i, s in zip(indices, samples)]
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                _append(f, "".join(lines))
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                raise OSError(errno.ENOSPC, f"disk full while writing samples to {path}: free space or move "
+                              f"paths.cache_dir (CMS_CACHE_DIR) elsewhere and run again. The samples stored before "
+                              f"are kept; the next run draws only the rest") from None
             drawn += len(lines)
             bar.update(len(lines))
     return drawn

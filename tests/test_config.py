@@ -89,3 +89,38 @@ def test_invalid_choice_names_the_fix():
     cfg = compose_with(["sampler.backend=tgi"])
     with pytest.raises(ValueError, match="sampler.backend='tgi' is not one of hf, vllm"):
         config.validate(cfg)
+
+
+def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
+    from cms import finetuning, models
+
+    for budget, steps in (("low", 600), ("high", 6000)):
+        cfg = compose_with(["finetune=paper", f"budget={budget}"])
+        assert cfg.finetune.steps == steps and cfg.finetune.checkpoints == 10 and cfg.finetune.val_size == 500
+    assert compose_with(["finetune=paper", "budget=high", "finetune.steps=100"]).finetune.steps == 100
+    tiny = OmegaConf.to_container(OmegaConf.load(CONF / "family" / "tiny.yaml"))["student"]
+    model = models.load_model(str(models.build_tiny(tiny, Path(__import__("tempfile").mkdtemp()) / "m")), device="cpu")
+    fsdp = compose_with(["finetune=paper", "finetune/strategy=fsdp"]).finetune.strategy
+    assert fsdp.devices == 8 and fsdp.activation_checkpointing
+    built = finetuning._strategy(OmegaConf.to_container(fsdp), model)
+    assert type(built).__name__ == "FSDPStrategy"
+    assert {c.__name__ for c in built.kwargs["auto_wrap_policy"]._module_classes} == {"LlamaDecoderLayer"}
+    assert built.sharding_strategy.name == "FULL_SHARD" and built._activation_checkpointing_kwargs
+    multi = compose_with(["finetune/strategy=multinode"]).finetune.strategy
+    assert multi.num_nodes == 2 and multi.sharding == "HYBRID_SHARD"
+    with pytest.raises(ValueError, match="finetune.strategy.name"):
+        config.validate(compose_with(["finetune.strategy.name=deepspeed"]))
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
+def test_every_sweep_file_composes(sweep):
+    import subprocess
+    import sys
+
+    for part in ("job", "hydra"):
+        proc = subprocess.run([sys.executable, "-m", "cms.run", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep,
+                               "--cfg", part, "--resolve"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "params:" in proc.stdout
+    if sweep == "lr_grid":
+        assert "finetune.lr: 1e-7,5e-7,1e-6" in proc.stdout

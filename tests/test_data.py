@@ -52,9 +52,13 @@ def test_missing_file_without_hub_says_where_to_point(tmp_path):
 
 def test_exemplars_are_excluded_from_questions_and_prompt_is_completion_style():
     train = data.load("gsm8k", "train", "gsm8k", DATA)
-    exemplars, questions = data.split_exemplars(train, 8, limit=5)
-    assert len(exemplars) == 8 and len(questions) == 5
-    assert not {e.id for e in exemplars} & {q.id for q in questions}
+    exemplars, questions, val = data.split_exemplars(train, 8, limit=5, val_size=3)
+    assert len(exemplars) == 8 and len(questions) == 5 and len(val) == 3
+    assert len({r.id for r in exemplars + questions + val}) == 16  # disjoint
+    _, everything, tail = data.split_exemplars(train, 8, val_size=10)
+    assert len(everything) == len(train) - 18 and tail == train[-10:]
+    with pytest.raises(ValueError, match="lower finetune.val_size"):
+        data.split_exemplars(train[:20], 8, limit=10, val_size=5)
     fmt = data.PromptFormat("Question: {question}\nAnswer:", " {solution}\n\n")
     prompt = fmt.prompt(questions[0], exemplars)
     assert prompt.count("Question:") == 9 and prompt.endswith(questions[0].question + "\nAnswer:")

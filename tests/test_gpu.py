@@ -25,3 +25,14 @@ def test_bf16_finetuning_on_gpu(tiny_family, tmp_path):
     pairs = [(f"Question: {i}+1?\nAnswer:", f" {i + 1}\n\n") for i in range(32)]
     metrics = finetuning.run(path, pairs, tmp_path / "ft", steps=20, batch_size=8, lr=3e-3, precision="bf16-mixed", accelerator="gpu")
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
+    assert metrics["mfu"] is None or 0 < metrics["mfu"] < 1  # known GPUs get a peak, hence an MFU
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs at least 2 GPUs")
+def test_fsdp_preset_across_the_gpus_of_a_node(tiny_family, tmp_path):
+    path = models.resolve(tiny_family["wc"], tmp_path)
+    pairs = [(f"Question: {i}+1?\nAnswer:", f" {i + 1}\n\n") for i in range(64)]
+    metrics = finetuning.run(path, pairs, tmp_path / "ft", steps=10, batch_size=16, lr=3e-3, precision="bf16-mixed",
+                             accelerator="gpu", checkpoints=2,
+                             strategy={"name": "fsdp", "devices": torch.cuda.device_count(), "activation_checkpointing": True})
+    assert metrics["steps"] == 10 and models.load_model(metrics["checkpoint"], device="cpu")

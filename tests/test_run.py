@@ -63,6 +63,12 @@ def test_reference_finetuning_cell_trains_evaluates_and_logs(env, tmp_path):
     assert results["accuracy"] is not None and results["baseline_accuracy"] is not None
     assert (Path(results["checkpoint"]) / "config.json").exists()
     assert len((tmp_path / "cell" / "eval_finetuned.jsonl").read_text().splitlines()) == 8
+    # the checkpoint protocol: 2 checkpoints (smoke), each scored on 4 validation questions, the best one evaluated
+    assert [v["step"] for v in results["val_accuracy"]] == [6, 12] and results["n_val"] == 4
+    best = max(results["val_accuracy"], key=lambda v: (v["accuracy"], v["step"]))
+    assert results["selected_step"] == best["step"] and results["checkpoint"].endswith(f"step-{best['step']:06d}")
+    assert len(list((tmp_path / "cell" / "validation").glob("step-*.jsonl"))) == 2
+    assert results["tokens_per_s"] > 0 and 0 <= results["padding_waste"] < 1
     [log] = (tmp_path / "cell").glob("wandb/offline-run-*/*.wandb")
     blob = log.read_bytes()
     for key in (b"train/loss", b"baseline_accuracy", b"coverage", b"samples_per_question"):

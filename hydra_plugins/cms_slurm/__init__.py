@@ -1,0 +1,1 @@
+"""Hydra instantiates launchers from the hydra_plugins namespace only: cms's SLURM launcher lives here."""
