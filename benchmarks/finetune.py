@@ -8,7 +8,7 @@ tokenising and packing included, as cms's). Prints tokens per second for both,
 cms's padding waste, both final losses (mean of the last 5 steps) and, on the
 last line, cms / TRL.
 
-    python benchmarks/finetune.py [--examples 512] [--steps 30] [--batch 16] [--length 2048] [--model PATH]
+    python benchmarks/finetune.py [--examples 512] [--steps 12] [--batch 8] [--length 2048] [--model PATH]
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def padding_waste(tok, dataset: str, length: int, batch: int = 32) -> tuple[floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=16, help="examples per step")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8, help="examples per step")
     ap.add_argument("--length", type=int, default=2048, help="tokens per packed row")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--model", help="an HF model directory (default: a locally built small Llama)")
