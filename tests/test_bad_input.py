@@ -5,7 +5,6 @@ wandb failing in test_run.py.)"""
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys

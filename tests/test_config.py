@@ -117,9 +117,9 @@ def test_every_sweep_file_composes(sweep):
     import subprocess
     import sys
 
-    for part in ("job", "hydra"):
+    for part in (["job", "--resolve"], ["hydra"]):  # the hydra part holds ${hydra.job.num}: resolved per job only
         proc = subprocess.run([sys.executable, "-m", "cms.run", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep,
-                               "--cfg", part, "--resolve"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                               "--cfg", *part], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert "params:" in proc.stdout
     if sweep == "lr_grid":
