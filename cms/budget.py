@@ -50,13 +50,15 @@ def samples_per_question(
     prices: dict[str, float | None] | None = None,
     solution_tokens: int = 256,
     max_samples: int = 10_000,
+    ratio: float | None = None,
 ) -> int:
     """Samples per question for ``role`` ('wc' or 'se') under one budget.
 
     ``params`` maps 'wc' and 'se' to parameter counts; ``prices`` maps them to
     dollars per million output tokens (price matching only). Ratio-based budgets
     round to the nearest whole sample (9.24e9 vs 27.2e9 gives the paper's 3x);
-    a budget in FLOPs is floored so it is never exceeded.
+    a budget in FLOPs is floored so it is never exceeded. ``ratio`` fixes WC's
+    samples per SE sample (e.g. 3 for the paper's 3x) instead of deriving it.
     """
     if role not in ("wc", "se"):
         raise BudgetError(f"unknown generator role {role!r}: use model=wc or model=se")
@@ -83,6 +85,8 @@ def samples_per_question(
             )
         if role == "se" or match == "number":
             samples = se_samples
+        elif ratio is not None:
+            samples = round(se_samples * ratio)
         elif match == "compute":
             samples = round(se_samples * params["se"] / params["wc"])
         else:

@@ -52,6 +52,7 @@ class BudgetConf:
     se_samples: Optional[int] = 1
     flops_per_question: Optional[float] = None
     max_samples_per_question: int = 1000
+    ratio: Optional[float] = None  # WC samples per SE sample; None: P_SE/P_WC (compute) or price_SE/price_WC (price)
     finetune_steps: int = 600  # the paper's SFT steps at this budget (low 600, high 6000); finetune=paper uses it
 
 
@@ -76,6 +77,7 @@ class DatasetConf:
 @dataclass
 class DataConf:
     source: str = "sampled"  # sampled | reference (the datasets' human-written solutions)
+    keep: str = "all"  # all: every correct solution | one: the first correct solution per question (no diversity)
 
 
 @dataclass
@@ -136,6 +138,25 @@ class EvaluationConf:
     finetuned_shots: int = 0
     batch_size: int = 16
     max_new_tokens: Optional[int] = None  # None: the dataset's
+    samples: int = 0  # k > 0: also draw k samples per test question (pass@1 = mean over k, with a CI; maj@k)
+    temperature: float = 0.7
+    maj_k: List[int] = field(default_factory=lambda: [1, 4, 8, 16])  # the ones <= samples are reported
+    transfer: List[str] = field(default_factory=list)  # other dataset groups to evaluate the fine-tuned model on
+    transfer_test_limit: Optional[int] = None  # None: each transfer dataset's own test_limit
+
+
+@dataclass
+class JudgeConf:
+    """An LLM judge of the reasoning behind right final answers (false positives)."""
+
+    role: Optional[str] = None  # wc | se | student: the family's model judges
+    model: Optional[ModelCard] = None  # or any model (hub id or local path); neither: no judge
+    backend: Optional[str] = None  # hf | vllm; None: the run's sampler.backend
+    subset: int = 500  # kept solutions judged per cell (a seeded random subset)
+    test_outputs: bool = True  # also judge the fine-tuned model's correct test answers
+    max_new_tokens: int = 96
+    seed: int = 0
+    template: Optional[str] = None  # {question} {reference} {solution}; None: cms.judge.RUBRIC
 
 
 @dataclass
@@ -172,6 +193,7 @@ class RunConf:
     grading: GradingConf = field(default_factory=GradingConf)
     finetune: FinetuneConf = field(default_factory=FinetuneConf)
     evaluation: EvaluationConf = field(default_factory=EvaluationConf)
+    judge: JudgeConf = field(default_factory=JudgeConf)
     logger: LoggerConf = field(default_factory=LoggerConf)
     paths: PathsConf = field(default_factory=PathsConf)
 
@@ -180,6 +202,9 @@ CHOICES = {
     "model.role": ("wc", "se"),
     "setting.learner": ("student", "wc", "se"),
     "data.source": ("sampled", "reference"),
+    "data.keep": ("all", "one"),
+    "judge.backend": (None, "hf", "vllm"),
+    "judge.role": (None, "wc", "se", "student"),
     "stop_after": (None, "sampling"),
     "sampler.backend": ("hf", "vllm"),
     "dataset.answer_format": ("gsm8k", "math"),
@@ -197,6 +222,16 @@ def validate(cfg) -> None:
         if value not in allowed:
             names = ", ".join("null" if a is None else a for a in allowed)
             raise ValueError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
+
+
+def dataset_group(name: str) -> dict:
+    """The dataset group ``conf/dataset/<name>.yaml``, checked against the schema (transfer evaluation)."""
+    groups = ROOT / "conf" / "dataset"
+    path = groups / f"{name}.yaml"
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in groups.glob("*.yaml")))
+        raise ValueError(f"evaluation.transfer names {name!r}, which is not a dataset group: use some of {names}")
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DatasetConf), OmegaConf.load(path)), resolve=True)
 
 
 def register() -> None:

@@ -1,9 +1,17 @@
-"""pass@1 with greedy decoding on the test split.
+"""Evaluation protocols on the test split.
 
-The same function scores the learner before fine-tuning (the baseline, with the
-dataset's few-shot prompt: base models need it) and after (zero-shot, as it was
-trained). Baseline scores depend only on the model and the test questions, so
-they are cached and shared by every cell with the same learner.
+``run``: pass@1 with greedy decoding. The same function scores the learner
+before fine-tuning (the baseline, with the dataset's few-shot prompt: base
+models need it) and after (zero-shot, as it was trained). Baseline scores depend
+only on the model and the test questions, so they are cached and shared by
+every cell with the same learner.
+
+``sampled``: k samples per question at a temperature; pass@1 as the mean over
+the k samples with a 95% confidence interval over questions, and maj@k, the
+majority vote over answers that grade as equivalent (``0.5`` and ``\\frac12``
+are one vote).
+
+``select``: the paper's checkpoint protocol on the validation questions.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Optional
 from filelock import FileLock
 from tqdm import tqdm
 
-from cms import grading, sampling
+from cms import estimators, grading, sampling
 from cms.data import PromptFormat, Record
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,8 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
         tmp = out_path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
             for r, o, v in zip(records, outs, verdicts):
-                f.write(json.dumps({"id": r.id, "gold": r.answer, "output": o[0].text, "verdict": v}) + "\n")
+                f.write(json.dumps({"id": r.id, "question": r.question, "reference": r.solution, "gold": r.answer,
+                                    "output": o[0].text, "verdict": v}) + "\n")
         tmp.replace(out_path)
         n = len(records)
         summary = {
@@ -53,6 +62,43 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
         }
         summary_path.write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, k: int, temperature: float, maj_k: list[int],
+            fmt: str, prompt_format: PromptFormat, sampler: dict, max_new_tokens: int, stop: list[str], out_path: str | Path,
+            grading_cfg: Optional[dict] = None, seed: int = 0) -> dict:
+    """pass@1 as the mean over ``k`` samples per question (with its 95% CI) and maj@m for
+    each m in ``maj_k`` up to k; per-question samples go to ``out_path`` (jsonl)."""
+    out_path = Path(out_path)
+    summary_path = out_path.with_suffix(".json")
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    prompts = [prompt_format.prompt(r, exemplars) for r in records]
+    engine = sampling.from_config(sampler, model_path)
+    try:
+        outs = engine.generate(prompts, k, temperature=temperature, top_p=sampler.get("top_p", 1.0), max_new_tokens=max_new_tokens,
+                               stop=stop, seeds=[[sampling.seed_for(seed, r.id, i) for i in range(k)] for r in records],
+                               desc=f"evaluating, {k} samples")
+    finally:
+        engine.close()
+    flat = grading.grade(fmt, [(o.text, r.answer) for os_, r in zip(outs, records) for o in os_], **(grading_cfg or {}))
+    same = lambda a, b: grading.equivalent(fmt, a, b)  # noqa: E731
+    rows, per_question, votes = [], [], {m: [] for m in maj_k if m <= k}
+    for q, (r, os_) in enumerate(zip(records, outs)):
+        correct = [v == grading.CORRECT for v in flat[q * k:(q + 1) * k]]
+        answers = [grading.final_answer(fmt, o.text) for o in os_]
+        per_question.append(sum(correct) / k)
+        for m in votes:
+            votes[m].append(estimators.maj_at_k(answers, correct, m, same))
+        rows.append({"id": r.id, "gold": r.answer, "outputs": [o.text for o in os_], "answers": answers, "correct": correct})
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(out_path)
+    mean, ci = estimators.mean_ci(per_question) if per_question else (None, None)
+    summary = {"pass1_mean": mean, "pass1_ci95": ci, "k": k, "temperature": temperature, "n": len(records),
+               **{f"maj@{m}": sum(v) / len(v) if v else None for m, v in votes.items()}}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], *, out_dir: str | Path, **eval_args) -> dict:

@@ -7,10 +7,14 @@
 - accuracy: the share of all samples that grade correct (per-sample accuracy);
 - fpr: where the dataset has an exact step checker (arith), the share of kept
   solutions whose final answer is right but whose reasoning is not.
+
+``keep="one"`` keeps only the first correct solution of each question: the same
+coverage with no diversity (the paper's coverage/diversity ablation).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -21,11 +25,19 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Optional[Callable[[str, str], bool]] = None) -> tuple[list[dict], dict]:
+def solution_key(text: str) -> str:
+    """Two solutions are the same when their keys are: a hash of the normalised text."""
+    return hashlib.sha1(normalise(text).encode()).hexdigest()[:16]
+
+
+def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Optional[Callable[[str, str], bool]] = None,
+        keep: str = "all") -> tuple[list[dict], dict]:
     """The kept (question, solution) rows, in sample order, and the data metrics.
 
     ``step_check(question, solution)`` says whether a solution's reasoning is valid.
     """
+    if keep not in ("all", "one"):
+        raise ValueError(f"data.keep={keep!r} is not one of all, one")
     by_id = {q.id: q for q in questions}
     unique: dict[str, set] = defaultdict(set)
     kept = []
@@ -33,9 +45,13 @@ def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Opti
         if verdict != CORRECT or row["qid"] not in by_id:
             continue
         q = by_id[row["qid"]]
+        first = q.id not in unique
         unique[q.id].add(normalise(row["text"]))
+        if keep == "one" and not first:
+            continue
         valid = step_check(q.question, row["text"]) if step_check else None
-        kept.append({"qid": q.id, "index": row["index"], "question": q.question, "solution": row["text"].strip(), "valid_steps": valid})
+        kept.append({"qid": q.id, "index": row["index"], "question": q.question, "solution": row["text"].strip(),
+                     "reference": q.solution, "valid_steps": valid})
     n = len(questions)
     metrics = {
         "coverage": len(unique) / n if n else 0.0,
@@ -48,7 +64,16 @@ def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Opti
     return kept, metrics
 
 
+def graded(questions: list, rows: list[dict], verdicts: list[str], answer: Callable[[str], Optional[str]]) -> list[dict]:
+    """One row per sample, what the data-quality curves need: question, its level, the
+    sample's index, whether it is correct, its solution key and its final answer."""
+    level = {q.id: q.level for q in questions}
+    return [{"qid": r["qid"], "level": level.get(r["qid"]), "index": r["index"], "correct": v == CORRECT,
+             "key": solution_key(r["text"]), "answer": answer(r["text"]), "tokens": r["tokens"]}
+            for r, v in zip(rows, verdicts) if r["qid"] in level]
+
+
 def reference(questions: list) -> tuple[list[dict], dict]:
     """The human-data baseline: each question's own reference solution."""
-    kept = [{"qid": q.id, "index": 0, "question": q.question, "solution": q.solution.strip()} for q in questions]
+    kept = [{"qid": q.id, "index": 0, "question": q.question, "solution": q.solution.strip(), "reference": q.solution} for q in questions]
     return kept, {"coverage": 1.0, "diversity": 1.0, "sample_accuracy": None, "ungraded": 0, "n_samples": 0, "fpr": None}

@@ -92,6 +92,23 @@ def grade_math(text: str, gold: str) -> str:
 GRADERS = {"gsm8k": grade_gsm8k, "math": grade_math}
 
 
+def final_answer(fmt: str, text: str) -> Optional[str]:
+    """The final answer a solution states (GSM8K: the number; MATH: the last box), or None."""
+    return gsm8k_answer(text) if fmt == "gsm8k" else last_boxed(text)
+
+
+def equivalent(fmt: str, a: str, b: str) -> bool:
+    """Whether two final answers are the same answer, however written (``0.5`` and ``\\frac{1}{2}``)."""
+    if fmt == "gsm8k":
+        x, y = _as_decimal(a), _as_decimal(b)
+        return x is not None and x == y
+    from math_verify import verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" warning
+    x, y = _gold_math(a), _gold_math(b)
+    return bool(x and y and verify(x, y, timeout_seconds=None))
+
+
 def _worker(conn) -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" warning
     while True:

@@ -1,34 +1,50 @@
-"""The answer of a sweep: WC data against SE data at a matched budget.
+"""The answer of a sweep: WC data against SE data at a matched budget, as the paper's tables and figures.
 
-``python -m cms.report <sweep dir>`` reads every results.json under the folder
-and writes ``summary.csv`` and ``summary.md`` there (a multirun does this itself
-when its last cell ends). Two tables: the data each generator produced
-(per-sample accuracy, coverage, diversity, false positive rate) and the pass@1
-of each fine-tuned model with WC data vs SE data, with the relative gain
-(acc_WC - acc_SE) / acc_SE as the paper reports it. Over several seeds, each
-figure is the mean, with the standard deviation across seeds after a ±.
+``python -m cms.report <sweep dir>`` reads every results.json and the graded
+samples (graded.jsonl) under the folder and writes there:
+
+- ``report.md``: the data (per-sample accuracy, coverage, diversity, false
+  positive rate exact / judged / by people), coverage@k and diversity@k at the
+  compute-matched points, pass@1 after fine-tuning with WC vs SE data and the
+  relative gain (acc_WC - acc_SE) / acc_SE, the other evaluation protocols
+  (pass@1 over k samples with its CI, maj@k, transfer), the false positives of
+  the fine-tuned models (absolute points), and the crossover study when the sweep
+  holds several budgets;
+- ``figures/*.png``: accuracy per setting (WC vs SE bars), coverage/diversity
+  curves per difficulty level against sampling FLOPs, accuracy against sampling FLOPs;
+- ``summary.csv`` / ``summary.md`` (a multirun writes these itself when its last cell ends);
+- one wandb run (offline unless the cells logged online, or ``--wandb-mode``) with the
+  tables and figures, and with wandb online a W&B Report of those panels.
+
+Over several seeds, each figure is the mean with the standard deviation across seeds after a ±.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import hashlib
 import json
 import logging
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from hydra.experimental.callback import Callback
 
+from cms import estimators
+
 log = logging.getLogger(__name__)
-GROUP = ("dataset", "budget", "family", "source")
-DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr")
+# what tells two cells of a sweep apart, besides model, setting and seed; shown when it varies
+GROUP = ("dataset", "family", "source", "budget", "match", "se_samples", "ratio", "keep", "lr", "train_limit")
+ALWAYS = ("dataset", "budget")
+BUDGET_POINT = ("budget", "match", "se_samples", "ratio")
+DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr", "fpr_judge", "fpr_human")
 
 
 def load_results(sweep_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
+    return [{**json.loads(p.read_text()), "_dir": str(p.parent)} for p in sorted(sweep_dir.rglob("results.json"))]
 
 
 def gain(wc: Optional[float], se: Optional[float]) -> Optional[float]:
@@ -43,14 +59,33 @@ def spread(values: list) -> tuple[Optional[float], Optional[float], int]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
+def _get(r: dict, key: str):
+    for part in key.split("/"):
+        r = r.get(part) if isinstance(r, dict) else None
+    return r
+
+
+def _key(r: dict, fields) -> tuple:
+    return tuple(r.get(k) for k in fields)
+
+
+def _sorted(groups: dict) -> list:
+    return sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+
+
+def varying(results: list[dict]) -> list[str]:
+    """The group fields a table shows: dataset and budget, and any other that differs between cells."""
+    return [k for k in GROUP if k in ALWAYS or len({json.dumps(r.get(k)) for r in results}) > 1]
+
+
 def data_rows(results: list[dict]) -> list[dict]:
-    """One row per (group, generator): the data it produced, across seeds."""
-    per: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    """One row per (group, generator): the data it produced, across seeds (one cell per seed suffices)."""
+    per: dict[tuple, dict] = defaultdict(dict)
     for r in results:
         if r.get("source") == "sampled":
-            per[tuple(r.get(k) for k in GROUP) + (r["model"], r["generator"])][r["seed"]] = r  # one cell per seed suffices
+            per[_key(r, GROUP) + (r["model"], r["generator"])].setdefault(r["seed"], r)
     rows = []
-    for key, by_seed in sorted(per.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for key, by_seed in _sorted(per):
         row = dict(zip(GROUP + ("model", "generator"), key))
         for m in DATA_METRICS:
             row[m], row[m + "_std"], _ = spread([r.get(m) for r in by_seed.values()])
@@ -59,16 +94,20 @@ def data_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _pairs(results: list[dict], fields: tuple) -> list[tuple[dict, list[dict[str, dict]]]]:
+    """Cells grouped by ``fields``, then per seed a {"wc": cell, "se": cell} pair."""
+    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for r in results:
+        cells[_key(r, fields)][r["seed"]][r["model"]] = r
+    return [(dict(zip(fields, key)), list(by_seed.values())) for key, by_seed in _sorted(cells)]
+
+
 def accuracy_rows(results: list[dict]) -> list[dict]:
     """One row per (group, setting): pass@1 with WC data vs SE data and the gain, across seeds."""
-    cells: dict[tuple, dict[int, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for r in results:
-        cells[tuple(r.get(k) for k in GROUP) + (r["setting"],)][r["seed"]][r["model"]] = r
     rows = []
-    for key, by_seed in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        pairs = list(by_seed.values())
+    for head, pairs in _pairs(results, GROUP + ("setting",)):
         any_cell = next(iter(pairs[0].values()))
-        row = {**dict(zip(GROUP + ("setting",), key)), "learner": any_cell.get("finetuned")}
+        row = {**head, "learner": any_cell.get("finetuned")}
         series = {
             "baseline_accuracy": [next(iter(p.values())).get("baseline_accuracy") for p in pairs],
             "acc_wc_data": [p.get("wc", {}).get("accuracy") for p in pairs],
@@ -82,37 +121,353 @@ def accuracy_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def _cell(row: dict, key: str, pct: bool = False) -> str:
-    """``mean ± std`` of one figure: percentages with one decimal (gains signed), else 3 digits."""
+def protocol_metrics(results: list[dict]) -> list[str]:
+    """The evaluation-protocol figures present in the sweep: pass@1 over k samples, maj@k, transfer."""
+    found = {k for r in results for k in r if k == "pass1_mean" or k.startswith("maj@")}
+    found |= {f"transfer/{name}/accuracy" for r in results for name in (r.get("transfer") or {})}
+    order = lambda k: (k != "pass1_mean", k.startswith("transfer"), int(k[4:]) if k.startswith("maj@") else 0, k)  # noqa: E731
+    return sorted(found, key=order)
+
+
+def per_model_rows(results: list[dict], metrics: list[str]) -> list[dict]:
+    """One row per (group, setting, data source): ``metrics`` across seeds."""
+    cells: dict[tuple, dict] = defaultdict(dict)
+    for r in results:
+        cells[_key(r, GROUP) + (r["setting"], r["model"])].setdefault(r["seed"], r)
+    rows = []
+    for key, by_seed in _sorted(cells):
+        row = dict(zip(GROUP + ("setting", "model"), key))
+        for m in metrics:
+            row[m], row[m + "_std"], _ = spread([_get(r, m) for r in by_seed.values()])
+        row["seeds"] = len(by_seed)
+        rows.append(row)
+    return rows
+
+
+def fpr_rows(results: list[dict]) -> list[dict]:
+    """False positives among the fine-tuned models' correct test answers, WC vs SE data, in points."""
+    rows = []
+    for head, pairs in _pairs(results, GROUP + ("setting",)):
+        row = dict(head)
+        for how in ("test_fpr", "test_fpr_judge", "test_fpr_human"):
+            wc = [p.get("wc", {}).get(how) for p in pairs]
+            se = [p.get("se", {}).get(how) for p in pairs]
+            row[f"{how}_wc"], row[f"{how}_wc_std"], _ = spread(wc)
+            row[f"{how}_se"], row[f"{how}_se_std"], _ = spread(se)
+            row[f"{how}_diff"], row[f"{how}_diff_std"], _ = spread([None if a is None or b is None else a - b for a, b in zip(wc, se)])
+        row["measured"] = [h for h in ("test_fpr", "test_fpr_judge", "test_fpr_human") if any(h in c for p in pairs for c in p.values())]
+        if row["measured"]:
+            rows.append(row)
+    return rows
+
+
+def crossover_rows(results: list[dict]) -> list[dict]:
+    """Accuracy against sampling FLOPs per question, one row per (group, setting, budget point),
+    when the sweep holds more than one budget point for a group (the crossover study)."""
+    rest = tuple(k for k in GROUP if k not in BUDGET_POINT)
+    rows = []
+    for head, cells in _pairs(results, rest + ("setting",) + BUDGET_POINT):
+        flops = {m: spread([c[m]["spent_flops"] / c[m]["n_questions"] for c in cells if m in c and c[m].get("n_questions")])[0] for m in ("wc", "se")}
+        samples = {m: next((c[m]["samples_per_question"] for c in cells if m in c), None) for m in ("wc", "se")}
+        accs = {m: spread([c.get(m, {}).get("accuracy") for c in cells]) for m in ("wc", "se")}
+        rows.append({**head, "wc_samples": samples["wc"], "se_samples_drawn": samples["se"], "flops_wc": flops["wc"], "flops_se": flops["se"],
+                     "acc_wc_data": accs["wc"][0], "acc_wc_data_std": accs["wc"][1], "acc_se_data": accs["se"][0], "acc_se_data_std": accs["se"][1],
+                     "relative_gain": gain(accs["wc"][0], accs["se"][0])})
+    by_series = defaultdict(list)
+    for r in rows:
+        by_series[_key(r, rest + ("setting",))].append(r)
+    return [r for series in by_series.values() if len(series) > 1
+            for r in sorted(series, key=lambda r: (r["flops_se"] or r["flops_wc"] or 0))]
+
+
+def crossover_text(rows: list[dict]) -> list[str]:
+    """Where, along the budget, the better data source changes, per setting."""
+    lines, series = [], defaultdict(list)
+    for r in rows:
+        series[(r["dataset"], r["setting"])].append(r)
+    for (dataset, setting), points in series.items():
+        winners = [None if r["acc_wc_data"] is None or r["acc_se_data"] is None else
+                   ("WC" if r["acc_wc_data"] > r["acc_se_data"] else "SE" if r["acc_se_data"] > r["acc_wc_data"] else "tie") for r in points]
+        flips = [f"between {_flops(a)} and {_flops(b)} FLOPs/question ({wa} → {wb})"
+                 for a, b, wa, wb in zip(points, points[1:], winners, winners[1:]) if wa and wb and wa != wb]
+        told = ", ".join(f"{_flops(p)}: {w or 'n/a'}" for p, w in zip(points, winners))
+        lines.append(f"- {dataset} / {setting}: better data at each budget: {told}. "
+                     + (f"The winner changes {'; '.join(flips)}." if flips else "No crossover in this range."))
+    return lines
+
+
+def _flops(r: dict) -> str:
+    return f"{r['flops_se'] or r['flops_wc'] or 0:.3g}"
+
+
+def _read_graded(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def quality_curves(results: list[dict]) -> list[dict]:
+    """coverage@k and diversity@k, k = 1..S, per (group, generator) and difficulty level, from the
+    stored graded samples of one cell per generator (the lowest seed), with sampling FLOPs per k."""
+    first: dict[tuple, dict] = {}
+    for r in sorted(results, key=lambda r: r.get("seed", 0)):
+        if r.get("source") == "sampled":
+            first.setdefault(_key(r, GROUP) + (r["model"],), r)
+    out = []
+    for key, r in _sorted(first):
+        rows = _read_graded(Path(r["_dir"]) / "graded.jsonl")
+        if not rows:
+            continue
+        per_sample = 2 * r["generator_params"] * statistics.fmean(x["tokens"] for x in rows)
+        by_level: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+        for x in sorted(rows, key=lambda x: x["index"]):
+            by_level["all"][x["qid"]].append((x["correct"], x["key"]))
+            if x.get("level"):
+                by_level[x["level"]][x["qid"]].append((x["correct"], x["key"]))
+        for level, questions in sorted(by_level.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+            c = estimators.curves(questions)
+            out.append({**dict(zip(GROUP + ("model",), key)), "generator": r["generator"], "level": level, "questions": len(questions),
+                        "flops_per_sample": per_sample, **c})
+    return out
+
+
+def matched_rows(curves: list[dict]) -> list[dict]:
+    """coverage and diversity at the compute-matched points: SE@k against WC@(S_WC/S_SE)k."""
+    rows, pair = [], defaultdict(dict)
+    for c in curves:
+        pair[_key(c, GROUP) + (c["level"],)][c["model"]] = c
+    for key, p in _sorted(pair):
+        if "wc" not in p or "se" not in p or not p["se"]["k"]:
+            continue
+        ratio = max(1, round(len(p["wc"]["k"]) / len(p["se"]["k"])))
+        for k in p["se"]["k"]:
+            if k * ratio <= len(p["wc"]["k"]):
+                rows.append({**dict(zip(GROUP + ("level",), key)), "k_se": k, "k_wc": k * ratio,
+                             "coverage_se": p["se"]["coverage"][k - 1], "coverage_wc": p["wc"]["coverage"][k * ratio - 1],
+                             "diversity_se": p["se"]["diversity"][k - 1], "diversity_wc": p["wc"]["diversity"][k * ratio - 1]})
+    return rows
+
+
+def _cell(row: dict, key: str, pct: bool = False, signed: bool = False, points: bool = False) -> str:
+    """``mean ± std`` of one figure: percentages with one decimal, points as signed numbers, else 3 digits."""
     value, std = row.get(key), row.get(key + "_std")
     if value is None:
         return "n/a"
+    if points:
+        return f"{100 * value:+.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
     if not pct:
         return f"{value:.3g}" + (f" ± {std:.3g}" if std is not None else "")
-    sign = "+" if key == "relative_gain" else ""
-    return f"{100 * value:{sign}.1f}%" + (f" ± {100 * std:.1f}%" if std is not None else "")
+    return f"{100 * value:{'+' if signed else ''}.1f}%" + (f" ± {100 * std:.1f}%" if std is not None else "")
 
 
-def markdown(results: list[dict]) -> str:
-    seeds = sorted({r.get("seed") for r in results})
-    out = [f"# WC vs SE data at a matched budget\n\n{len(results)} runs, seeds {seeds}"
-           + ("; mean ± standard deviation across seeds" if len(seeds) > 1 else "") + ".\n"]
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, line)) + " |" for line in lines] + [""]
+
+
+def _head(row: dict, shown: list[str]) -> list[str]:
+    return ["-" if row.get(k) is None else str(row.get(k)) for k in shown]
+
+
+def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Every table of the report as (header, lines), keyed by title; empty ones left out."""
+    shown = varying(results)
+    out = {}
     drows = data_rows(results)
     if drows:
-        out.append("## The data\n\n| dataset | budget | generator | samples/question | per-sample accuracy | coverage | diversity | FPR (exact) |\n|---|---|---|---|---|---|---|---|")
-        for r in drows:
-            out.append(f"| {r['dataset']} | {r['budget']} | {r['model'].upper()} ({r['generator']}) | {_cell(r, 'samples_per_question')} | "
-                       f"{_cell(r, 'sample_accuracy', True)} | {_cell(r, 'coverage', True)} | {_cell(r, 'diversity')} | {_cell(r, 'fpr', True)} |")
-        out.append("")
-    out.append("## pass@1 after fine-tuning\n\nrelative gain = (acc with WC data - acc with SE data) / acc with SE data\n\n"
-               "| dataset | budget | setting | fine-tuned | before | WC data | SE data | relative gain |\n|---|---|---|---|---|---|---|---|")
-    for r in accuracy_rows(results):
-        out.append(f"| {r['dataset']} | {r['budget']} | {r['setting']} | {r['learner']} | {_cell(r, 'baseline_accuracy', True)} | "
-                   f"{_cell(r, 'acc_wc_data', True)} | {_cell(r, 'acc_se_data', True)} | {_cell(r, 'relative_gain', True)} |")
-    return "\n".join(out) + "\n"
+        out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "FPR (exact)", "FPR (judge)", "FPR (people)"],
+                           [_head(r, shown) + [f"{r['model'].upper()} ({r['generator']})", _cell(r, "samples_per_question"), _cell(r, "sample_accuracy", True),
+                                               _cell(r, "coverage", True), _cell(r, "diversity"), _cell(r, "fpr", True), _cell(r, "fpr_judge", True),
+                                               _cell(r, "fpr_human", True)] for r in drows])
+    matched = matched_rows(curves or [])
+    if matched:
+        out["Coverage and diversity at the compute-matched points"] = (
+            [k for k in shown] + ["level", "SE@k", "WC@k", "coverage SE", "coverage WC", "diversity SE", "diversity WC"],
+            [_head(r, shown) + [r["level"], r["k_se"], r["k_wc"], f"{100 * r['coverage_se']:.1f}%", f"{100 * r['coverage_wc']:.1f}%",
+                                f"{r['diversity_se']:.3g}", f"{r['diversity_wc']:.3g}"] for r in matched])
+    out["pass@1 after fine-tuning"] = (
+        shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain"],
+        [_head(r, shown) + [r["setting"], r["learner"], _cell(r, "baseline_accuracy", True), _cell(r, "acc_wc_data", True),
+                            _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True)] for r in accuracy_rows(results)])
+    metrics = protocol_metrics(results)
+    if metrics:
+        rows = per_model_rows(results, ["accuracy", "pass1_ci95"] + metrics)
+        names = {"pass1_mean": "pass@1 (mean of k)"} | {m: m.split("/")[1] + " (transfer)" for m in metrics if m.startswith("transfer")}
+        out["Evaluation protocols"] = (
+            shown + ["setting", "data", "pass@1 (greedy)"] + [names.get(m, m) for m in metrics],
+            [_head(r, shown) + [r["setting"], r["model"].upper(), _cell(r, "accuracy", True)]
+             + [(_cell(r, m, True) + (f" (95% CI ± {100 * r['pass1_ci95']:.1f})" if m == "pass1_mean" and r.get("pass1_ci95") is not None else ""))
+                for m in metrics] for r in rows])
+    frows = fpr_rows(results)
+    if frows:
+        hows = [h for h in ("test_fpr", "test_fpr_judge", "test_fpr_human") if any(h in r["measured"] for r in frows)]
+        label = {"test_fpr": "exact", "test_fpr_judge": "judge", "test_fpr_human": "people"}
+        out["False positives of the fine-tuned models"] = (
+            shown + ["setting"] + [f"{label[h]}: {w}" for h in hows for w in ("WC data", "SE data", "WC - SE (points)")],
+            [_head(r, shown) + [r["setting"]] + [x for h in hows for x in (_cell(r, f"{h}_wc", True), _cell(r, f"{h}_se", True), _cell(r, f"{h}_diff", points=True))]
+             for r in frows])
+    xrows = crossover_rows(results)
+    if xrows:
+        rest = [k for k in shown if k not in BUDGET_POINT]
+        out["Crossover: accuracy against sampling FLOPs"] = (
+            rest + ["setting", "SE samples", "WC samples", "FLOPs/question", "WC data", "SE data", "relative gain"],
+            [_head(r, rest) + [r["setting"], r["se_samples_drawn"], r["wc_samples"], _flops(r), _cell(r, "acc_wc_data", True),
+                               _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True)] for r in xrows])
+    return out
+
+
+def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: Optional[list[Path]] = None) -> str:
+    seeds = sorted({r.get("seed") for r in results}, key=str)
+    out = [f"# WC vs SE data at a matched budget\n\n{len(results)} runs, seeds {seeds}"
+           + ("; mean ± standard deviation across seeds" if len(seeds) > 1 else "") + ".\n"
+           + "relative gain = (acc with WC data - acc with SE data) / acc with SE data; FPR = share of correct-answer "
+             "solutions with invalid reasoning.\n"]
+    for title, (header, lines) in tables(results, curves).items():
+        out += [f"## {title}\n"] + _table(header, lines)
+        if title.startswith("Crossover"):
+            out += crossover_text(crossover_rows(results)) + [""]
+    if figures:
+        out.append("## Figures\n")
+        out += [f"![{p.stem}](figures/{p.name})\n" for p in figures]
+    return "\n".join(out)
+
+
+def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path]:
+    """The report's PNGs: accuracy bars, quality curves, crossover; those the sweep has data for."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, colors = [], {"wc": "tab:blue", "se": "tab:orange"}
+    shown = [k for k in varying(results)]
+
+    rows = accuracy_rows(results)
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.6))
+        labels = ["\n".join([r["setting"]] + [str(r.get(k)) if k in ALWAYS else f"{k}={r.get(k)}" for k in shown]) for r in rows]
+        for j, (m, name) in enumerate((("wc", "acc_wc_data"), ("se", "acc_se_data"))):
+            xs = [i + (j - 0.5) * 0.38 for i in range(len(rows))]
+            ax.bar(xs, [100 * (r[name] or 0) for r in rows], 0.38, yerr=[100 * (r[name + "_std"] or 0) for r in rows],
+                   color=colors[m], label=f"{m.upper()} data", capsize=3)
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_ylabel("pass@1 after fine-tuning (%)")
+        ax.set_title("Fine-tuned on WC vs SE data at a matched budget")
+        ax.legend()
+        fig.tight_layout()
+        written.append(out_dir / "accuracy.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    groups = defaultdict(list)
+    for c in curves:
+        groups[_key(c, GROUP)].append(c)
+    for gi, (key, cs) in enumerate(_sorted(groups)):
+        levels = sorted({c["level"] for c in cs}, key=lambda lv: (lv != "all", lv))
+        fig, axes = plt.subplots(2, len(levels), figsize=(3.2 * len(levels) + 0.8, 5.6), squeeze=False)
+        for col, level in enumerate(levels):
+            se = next((c for c in cs if c["level"] == level and c["model"] == "se"), None)
+            for c in (c for c in cs if c["level"] == level):
+                for row, metric in enumerate(("coverage", "diversity")):
+                    xs = [k * c["flops_per_sample"] for k in c["k"]]
+                    ys = [100 * v for v in c[metric]] if metric == "coverage" else c[metric]
+                    axes[row][col].plot(xs, ys, marker=".", color=colors[c["model"]], label=f"{c['model'].upper()} ({c['generator']})")
+            for row in range(2):
+                ax = axes[row][col]
+                if se:  # the compute-matched points: each SE budget k, where WC has drawn about (P_SE/P_WC) k samples
+                    for k in se["k"]:
+                        ax.axvline(k * se["flops_per_sample"], color="grey", linestyle=":", linewidth=0.8)
+                ax.set_xscale("log")
+                ax.set_title(f"{level} ({cs[0]['questions'] if level == 'all' else next(c['questions'] for c in cs if c['level'] == level)} q)", fontsize=9)
+                ax.set_xlabel("sampling FLOPs per question", fontsize=8)
+            axes[0][col].set_ylabel("coverage@k (%)")
+            axes[1][col].set_ylabel("diversity@k")
+        axes[0][0].legend(fontsize=7)
+        head = dict(zip(GROUP, key))
+        fig.suptitle("coverage@k and diversity@k, dotted: compute-matched budgets — " + ", ".join(f"{k}={head[k]}" for k in shown if k in head), fontsize=9)
+        fig.tight_layout()
+        written.append(out_dir / f"quality_curves{'' if gi == 0 else f'_{gi}'}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    xrows = crossover_rows(results)
+    if xrows:
+        settings = sorted({(r["dataset"], r["setting"]) for r in xrows})
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+        for ax, (dataset, setting) in zip(axes[0], settings):
+            pts = [r for r in xrows if (r["dataset"], r["setting"]) == (dataset, setting)]
+            for m in ("wc", "se"):
+                xy = [(r[f"flops_{m}"], 100 * r[f"acc_{m}_data"]) for r in pts if r[f"flops_{m}"] and r[f"acc_{m}_data"] is not None]
+                if xy:
+                    ax.plot(*zip(*xy), marker="o", color=colors[m], label=f"{m.upper()} data")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("sampling FLOPs per question")
+            ax.set_ylabel("pass@1 after fine-tuning (%)")
+            ax.set_title(f"{dataset} / {setting}")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out_dir / "crossover.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def _logger_settings(results: list[dict]) -> dict:
+    """The cells' logger group (from a cell's saved Hydra config), for the report's wandb run."""
+    from omegaconf import OmegaConf
+
+    for r in results:
+        saved = Path(r["_dir"]) / ".hydra" / "config.yaml"
+        if saved.exists():
+            return OmegaConf.to_container(OmegaConf.load(saved).get("logger", {}))
+    return {"backend": "wandb", "project": "cms", "mode": "offline"}
+
+
+def log_wandb(sweep_dir: Path, tabs: dict, pngs: list[Path], settings: dict) -> Optional[str]:
+    """One report-style wandb run for the sweep (tables and figures); with wandb online, a W&B
+    Report of those panels too. A failure is a warning: the files on disk are the report."""
+    if settings.get("backend") == "none" or settings.get("mode") == "disabled":
+        return None
+    name = f"report-{sweep_dir.name}"
+    try:
+        import wandb
+
+        run = wandb.init(project=settings.get("project", "cms"), entity=settings.get("entity"), mode=settings.get("mode", "offline"),
+                         dir=str(sweep_dir), name=name, job_type="report", group=sweep_dir.name,
+                         id=hashlib.sha256(f"report:{sweep_dir.resolve()}".encode()).hexdigest()[:16], resume="allow",
+                         settings=wandb.Settings(init_timeout=settings.get("init_timeout_s", 60), silent=True))
+        keys = {}
+        for title, (header, lines) in tabs.items():
+            keys[title] = "table/" + "_".join(title.lower().replace(":", "").split())
+            run.log({keys[title]: wandb.Table(columns=header, data=[[str(x) for x in line] for line in lines])})
+        run.log({f"figure/{p.stem}": wandb.Image(str(p)) for p in pngs})
+        url = None
+        if settings.get("mode") == "online":
+            url = _wandb_report(run, name, keys, [f"figure/{p.stem}" for p in pngs])
+        run.finish()
+        return url
+    except Exception as err:
+        log.warning("wandb report run failed (%s: %s); the report is in %s", err.__class__.__name__, err, sweep_dir / "report.md")
+        return None
+
+
+def _wandb_report(run, name: str, tables: dict, images: list[str]) -> str:
+    """A W&B Report (wandb-workspaces) with the report run's figures and tables as panels."""
+    import wandb_workspaces.reports.v2 as wr
+
+    runset = wr.Runset(entity=run.entity, project=run.project, query=name)
+    blocks = [wr.H1(f"cms sweep {run.group}: WC vs SE data at a matched budget"),
+              wr.PanelGrid(runsets=[runset], panels=[wr.MediaBrowser(title=k.split("/")[1], media_keys=[k]) for k in images])]
+    for title, key in tables.items():
+        blocks += [wr.H2(title), wr.WeaveBlockSummaryTable(entity=run.entity, project=run.project, table_name=key)]
+    report = wr.Report(project=run.project, entity=run.entity, title=f"cms: {run.group}", blocks=blocks)
+    report.save()
+    log.info("W&B Report: %s", report.url)
+    return report.url
 
 
 def write_summary(sweep_dir: str | Path) -> str:
+    """summary.csv and summary.md: the tables, no figures (what a multirun writes when it ends)."""
     sweep_dir = Path(sweep_dir)
     results = load_results(sweep_dir)
     rows = accuracy_rows(results)
@@ -126,6 +481,26 @@ def write_summary(sweep_dir: str | Path) -> str:
     return text
 
 
+def write_report(sweep_dir: str | Path, wandb_mode: Optional[str] = None) -> list[Path]:
+    """Everything: report.md, figures/*.png, summary.csv/md, curves.json and the wandb report run."""
+    sweep_dir = Path(sweep_dir)
+    results = load_results(sweep_dir)
+    if not results:
+        raise FileNotFoundError(f"no results.json under {sweep_dir}: point cms.report at a sweep directory whose cells have finished")
+    write_summary(sweep_dir)
+    curves = quality_curves(results)
+    (sweep_dir / "curves.json").write_text(json.dumps(curves))
+    pngs = figures(results, curves, sweep_dir / "figures")
+    (sweep_dir / "report.md").write_text(markdown(results, curves, pngs))
+    settings = _logger_settings(results)
+    if wandb_mode:
+        settings["mode"] = wandb_mode
+    log_wandb(sweep_dir, tables(results, curves), pngs, settings)
+    written = [sweep_dir / n for n in ("report.md", "summary.md", "summary.csv", "curves.json")] + pngs
+    print("wrote " + ", ".join(str(p.relative_to(sweep_dir)) for p in written))
+    return written
+
+
 class SummaryCallback(Callback):
     """Writes the sweep's summary when a multirun ends."""
 
@@ -136,7 +511,19 @@ class SummaryCallback(Callback):
             log.error("could not write the sweep summary (%s); run: python -m cms.report %s", err, config.hydra.sweep.dir)
 
 
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cms.report", description="The paper's tables and figures for a sweep directory.")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], help="default: the cells' logger.mode")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.exit(2, f"error: {args.sweep_dir} is not a directory; give the sweep directory of a multirun\n")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        write_report(args.sweep_dir, args.wandb_mode)
+    except FileNotFoundError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m cms.report <sweep dir>")
-    write_summary(sys.argv[1])
+    main()

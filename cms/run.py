@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, models, sampling, tracking
+from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, sampling, tracking
 
 log = logging.getLogger("cms")
 config.register()
@@ -56,6 +56,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         return json.loads((run_dir / "results.json").read_text())
     c = OmegaConf.to_container(cfg, resolve=True)
     family, ds, cache = c["family"], c["dataset"], Path(c["paths"]["cache_dir"]).absolute()
+    transfer = {name: config.dataset_group(name) for name in c["evaluation"]["transfer"]}  # a wrong name fails now, not after training
     role, learner = c["model"]["role"], c["setting"]["learner"]
     generator, learner_card = family[role], family[learner]
 
@@ -64,7 +65,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     plan = budget.plan(
         role, params, match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"],
         prices={r: family[r]["price_per_mtok"] for r in ("wc", "se")}, solution_tokens=ds["assumed_solution_tokens"],
-        max_samples=b["max_samples_per_question"],
+        max_samples=b["max_samples_per_question"], ratio=b["ratio"],
     )
     log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g)",
              b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"])
@@ -92,7 +93,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
                                         [(r["text"], gold[r["qid"]]) for r in rows], [f"{r['qid']}:{r['index']}" for r in rows], **c["grading"])
-        kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None)
+        kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None, c["data"]["keep"])
+        _write_jsonl(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t)))
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]
         if c["stop_after"] == "sampling":
@@ -112,7 +114,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
                                  ex=[e.id for e in exemplars], ds=ds, backend=c["sampler"]["backend"])
         baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **eval_args)
 
-    finetuned, final, selected = None, None, None
+    fpr_judge = _judge(c["judge"], family, c["sampler"], cache, [{"id": f"{k['qid']}:{k['index']}", **k} for k in kept], run_dir / "judge_train.jsonl")
+    finetuned, final, selected, protocols = None, None, None, {}
     if kept:
         pairs = [(fmt.prompt(data.Record(k["qid"], k["question"], "", "")), fmt.completion(k["solution"])) for k in kept]
         finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], **c["finetune"])
@@ -120,6 +123,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
                                      out_dir=run_dir / "validation", **eval_args)
         final = evaluation.run(selected["path"], test, exemplars[: ev["finetuned_shots"]],
                                out_path=run_dir / "eval_finetuned.jsonl", **eval_args)
+        protocols = _protocols(c, selected["path"], test, exemplars, transfer, run_dir, eval_args, cache)
     else:
         log.error("no solution from %s graded correct (%d samples): nothing to fine-tune on, so accuracy is n/a. "
                   "Raise the budget, use stronger models, or fine-tune on data.source=reference.", source, quality["n_samples"])
@@ -130,6 +134,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "family": family["name"], "source": c["data"]["source"], "seed": c["seed"],
         "generator": generator["name"], "finetuned": learner_card["name"],
         "generator_params": params[role], "finetuned_params": models.count_params(learner_card),
+        "match": b["match"], "se_samples": b["se_samples"], "ratio": b["ratio"], "keep": c["data"]["keep"],
+        "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"],
         "samples_per_question": plan.samples_per_question,
         "planned_flops": plan.planned_flops_per_question * n_q,
         "spent_flops": spent["spent_flops"], "mean_solution_tokens": spent["mean_solution_tokens"],
@@ -145,6 +151,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "n_val": len(val),
         "finetune_steps": finetuned["steps"] if finetuned else None,
         **{k: finetuned[k] if finetuned else None for k in ("tokens_per_s", "mfu", "padding_waste")},
+        "fpr_judge": fpr_judge["fpr"], "n_judged": fpr_judge["n"], "judge_unparsed": fpr_judge["unlabelled"],
+        **protocols,
     }
     _write_json(run_dir / "results.json", results)
     log.info("results: %s", run_dir / "results.json")
@@ -155,6 +163,45 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     tracker.summary(results)
     tracker.finish()
     return results
+
+
+def _judge(jc: dict, family: dict, sampler: dict, cache: Path, rows: list[dict], out_path: Path) -> dict:
+    """The LLM judge's false positive rate on a seeded subset of ``rows`` (nothing without a judge)."""
+    card = family[jc["role"]] if jc["role"] else jc["model"]
+    if not card or not rows:
+        return judge.rate([])
+    path = models.resolve(card, cache)
+    return judge.judge(judge.pick(rows, jc["subset"], jc["seed"]), out_path, model_path=path,
+                       sampler={**sampler, "backend": jc["backend"] or sampler["backend"]},
+                       template=jc["template"] or judge.RUBRIC, max_new_tokens=jc["max_new_tokens"])
+
+
+def _protocols(c: dict, model_path: str, test: list, exemplars: list, transfer: dict, run_dir: Path, eval_args: dict, cache: Path) -> dict:
+    """The fine-tuned model beyond greedy pass@1: the false positives among its correct
+    test answers, pass@1 over k samples and maj@k, and accuracy on other datasets."""
+    ev, ds, out = c["evaluation"], c["dataset"], {}
+    correct = judge.candidates(run_dir, "test")
+    if ds["procedural"]:
+        out["test_fpr"] = judge.rate([arith.check_steps(r["question"], r["solution"]) for r in correct])["fpr"]
+    if c["judge"]["test_outputs"]:
+        out["test_fpr_judge"] = _judge(c["judge"], c["family"], c["sampler"], cache, correct, run_dir / "judge_test.jsonl")["fpr"]
+    if ev["samples"]:
+        s = evaluation.sampled(model_path, test, exemplars[: ev["finetuned_shots"]], k=ev["samples"], temperature=ev["temperature"],
+                               maj_k=ev["maj_k"], out_path=run_dir / "eval_sampled.jsonl", seed=c["seed"], **eval_args)
+        out.update({"pass1_mean": s["pass1_mean"], "pass1_ci95": s["pass1_ci95"], "eval_samples": s["k"],
+                    **{k: v for k, v in s.items() if k.startswith("maj@")}})
+    scores = {}
+    for name, t in transfer.items():
+        t_test = data.load(t["name"], t["test_split"], t["answer_format"], c["paths"]["data_dir"], t["hub"], t["procedural"])
+        limit = ev["transfer_test_limit"] or t["test_limit"]
+        t_test = t_test[:limit] if limit else t_test
+        r = evaluation.run(model_path, t_test, [], fmt=t["answer_format"], prompt_format=data.PromptFormat(t["question_template"], t["solution_template"]),
+                           sampler=c["sampler"], stop=t["stop"], max_new_tokens=ev["max_new_tokens"] or t["max_new_tokens"],
+                           grading_cfg=c["grading"], out_path=run_dir / f"eval_transfer_{name}.jsonl")
+        scores[name] = {"accuracy": r["accuracy"], "n": r["n"]}
+    if scores:
+        out["transfer"] = scores
+    return out
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

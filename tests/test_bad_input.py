@@ -194,3 +194,16 @@ def test_secrets_never_reach_outputs(env, tmp_path):
             assert value.encode() not in blob, f"{name} leaked into {p}"
     for value in secrets.values():
         assert value not in proc.stdout + proc.stderr
+
+
+def test_unknown_transfer_dataset_fails_before_any_work(env, tmp_path):
+    with pytest.raises(ValueError, match=r"evaluation.transfer names 'gsm9k'.*use some of arith, gsm8k, math"):
+        run.run_cell(cell("evaluation.transfer=[gsm9k]"), tmp_path / "run")
+    assert not (tmp_path / "run" / "kept.jsonl").exists()
+
+
+def test_unknown_judge_role_and_keep_name_the_choices(env, tmp_path):
+    with pytest.raises(ValueError, match=r"judge.role='strong' is not one of null, wc, se, student"):
+        run.run_cell(cell("judge.role=strong"), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"data.keep='best' is not one of all, one"):
+        run.run_cell(cell("data.keep=best"), tmp_path / "run")
