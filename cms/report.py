@@ -493,8 +493,8 @@ def write_report(sweep_dir: str | Path, wandb_mode: Optional[str] = None) -> lis
     pngs = figures(results, curves, sweep_dir / "figures")
     (sweep_dir / "report.md").write_text(markdown(results, curves, pngs))
     settings = _logger_settings(results)
-    if wandb_mode:
-        settings["mode"] = wandb_mode
+    if wandb_mode:  # asked for explicitly: log even when the cells had logger=none
+        settings.update(mode=wandb_mode, backend="wandb")
     log_wandb(sweep_dir, tables(results, curves), pngs, settings)
     written = [sweep_dir / n for n in ("report.md", "summary.md", "summary.csv", "curves.json")] + pngs
     print("wrote " + ", ".join(str(p.relative_to(sweep_dir)) for p in written))
@@ -514,7 +514,8 @@ class SummaryCallback(Callback):
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cms.report", description="The paper's tables and figures for a sweep directory.")
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], help="default: the cells' logger.mode")
+    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"],
+                        help="default: the cells' logger (backend and mode)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"error: {args.sweep_dir} is not a directory; give the sweep directory of a multirun\n")
