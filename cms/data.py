@@ -1,8 +1,10 @@
-"""Benchmark records and few-shot prompts.
+"""Benchmark records and few-shot prompts, and the files stages hand to each other.
 
 One record type for every dataset. Rows come from ``<data_dir>/<name>/<split>.jsonl``
 (the local copies) or, when that file is absent, from the hub dataset named in the
-dataset config; the field names are the same either way.
+dataset config; the field names are the same either way. What a stage writes for
+the next (results.json, kept.jsonl, evaluation outputs) is written atomically:
+a file is either whole or absent.
 """
 
 from __future__ import annotations
@@ -90,6 +92,27 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line; fix or remove that line")
             yield lineno, row
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a jsonl file a stage wrote."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write ``rows`` as jsonl, atomically."""
+    _replace(Path(path), "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    _replace(Path(path), json.dumps(obj, indent=2, default=str))
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _read_hub(spec: dict) -> Iterable[dict]:

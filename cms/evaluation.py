@@ -24,7 +24,7 @@ from typing import Optional
 from filelock import FileLock
 from tqdm import tqdm
 
-from cms import estimators, grading, sampling
+from cms import data, estimators, grading, sampling
 from cms.data import PromptFormat, Record
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,8 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
         finally:
             engine.close()
         verdicts = grading.grade(fmt, [(o[0].text, r.answer) for o, r in zip(outs, records)], **(grading_cfg or {}))
-        tmp = out_path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for r, o, v in zip(records, outs, verdicts):
-                f.write(json.dumps({"id": r.id, "question": r.question, "reference": r.solution, "gold": r.answer,
-                                    "output": o[0].text, "verdict": v}) + "\n")
-        tmp.replace(out_path)
+        data.write_rows(out_path, ({"id": r.id, "question": r.question, "reference": r.solution, "gold": r.answer,
+                                    "output": o[0].text, "verdict": v} for r, o, v in zip(records, outs, verdicts)))
         n = len(records)
         summary = {
             "accuracy": verdicts.count(grading.CORRECT) / n if n else 0.0,
@@ -60,7 +56,7 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
             "ungraded": verdicts.count(grading.UNGRADED),
             "shots": len(exemplars),
         }
-        summary_path.write_text(json.dumps(summary, indent=2))
+        data.write_json(summary_path, summary)
         return summary
 
 
@@ -91,13 +87,11 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
         for m in votes:
             votes[m].append(estimators.maj_at_k(answers, correct, m, same))
         rows.append({"id": r.id, "gold": r.answer, "outputs": [o.text for o in os_], "answers": answers, "correct": correct})
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(out_path)
+    data.write_rows(out_path, rows)
     mean, ci = estimators.mean_ci(per_question) if per_question else (None, None)
     summary = {"pass1_mean": mean, "pass1_ci95": ci, "k": k, "temperature": temperature, "n": len(records),
                **{f"maj@{m}": sum(v) / len(v) if v else None for m, v in votes.items()}}
-    summary_path.write_text(json.dumps(summary, indent=2))
+    data.write_json(summary_path, summary)
     return summary
 
 

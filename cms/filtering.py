@@ -68,7 +68,7 @@ def graded(questions: list, rows: list[dict], verdicts: list[str], answer: Calla
     """One row per sample, what the data-quality curves need: question, its level, the
     sample's index, whether it is correct, its solution key and its final answer."""
     level = {q.id: q.level for q in questions}
-    return [{"qid": r["qid"], "level": level.get(r["qid"]), "index": r["index"], "correct": v == CORRECT,
+    return [{"qid": r["qid"], "level": level[r["qid"]], "index": r["index"], "correct": v == CORRECT,
              "key": solution_key(r["text"]), "answer": answer(r["text"]), "tokens": r["tokens"]}
             for r, v in zip(rows, verdicts) if r["qid"] in level]
 

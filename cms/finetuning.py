@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from torch.utils.data import DataLoader, Sampler
 
-from cms import models
+from cms import data, models
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -131,9 +131,6 @@ class StepBatches(Sampler):
             out.append(self._perm(p // self.n)[p % self.n])
         return out[self.rank::self.world]
 
-    def epoch(self, step: int) -> int:
-        return step * self.k // self.n
-
     def __iter__(self):
         for s in range(self.start(), self.steps):
             yield self.rows(s)
@@ -155,7 +152,7 @@ class StepLoader(DataLoader):
 class SFTData(L.LightningDataModule):
     def __init__(self, examples: list[dict], batch_size: int, pad_id: int, steps: int, seed: int = 0, pack_length: int | None = None):
         super().__init__()
-        self.examples, self.pad_id, self.steps, self.seed, self.pack_length = examples, pad_id, steps, seed, pack_length
+        self.pad_id, self.steps, self.seed, self.pack_length = pad_id, steps, seed, pack_length
         if pack_length:
             self.rows = [[examples[i] for i in row] for row in pack([len(e["input_ids"]) for e in examples], pack_length)]
             mean_len = sum(len(e["input_ids"]) for e in examples) / len(examples)
@@ -374,9 +371,9 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     examples = tokenize_pairs(tokenizer, pairs, max_length)
     if not examples:
         raise ValueError("no training example has a solution token left after truncation: raise finetune.max_length")
-    data = SFTData(examples, batch_size, tokenizer.pad_token_id, steps, seed, (pack_length or max_length) if packing else None)
+    sft = SFTData(examples, batch_size, tokenizer.pad_token_id, steps, seed, (pack_length or max_length) if packing else None)
     module = SFTModule(model, lr, warmup_steps, weight_decay, schedule, steps)
-    meter = Meter(sum(p.numel() for p in model.parameters()), data.rows_per_step, len(data.rows), _peak_flops(accelerator, peak_tflops))
+    meter = Meter(sum(p.numel() for p in model.parameters()), sft.rows_per_step, len(sft.rows), _peak_flops(accelerator, peak_tflops))
     marks = checkpoint_steps(steps, checkpoints)
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None  # submitit owns requeue
     trainer = L.Trainer(
@@ -389,7 +386,7 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     last = out_dir / "last.ckpt"
     if last.exists():
         log.info("resuming fine-tuning from %s", last)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, datamodule=sft, ckpt_path=str(last) if last.exists() else None)
     if not trainer.is_global_zero:
         return {}
     stats, curve = meter.summary(trainer.world_size), meter.curve
@@ -397,10 +394,10 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
         "checkpoint": str(out_dir / "checkpoints" / f"step-{marks[-1]:06d}"),
         "checkpoints": [{"step": m, "path": str(out_dir / "checkpoints" / f"step-{m:06d}")} for m in marks],
         "steps": trainer.global_step,
-        "epochs": math.ceil(trainer.global_step * data.rows_per_step / len(data.rows)),
+        "epochs": math.ceil(trainer.global_step * sft.rows_per_step / len(sft.rows)),
         "n_examples": len(examples),
-        "n_rows": len(data.rows),
-        "rows_per_step": data.rows_per_step,
+        "n_rows": len(sft.rows),
+        "rows_per_step": sft.rows_per_step,
         "train_loss_first": curve[0]["loss"] if curve else None,
         "train_loss_last": curve[-1]["loss"] if curve else None,
         **stats,
@@ -408,9 +405,7 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     }
     log.info("fine-tuned %d steps: %.0f tokens/s, padding waste %.1f%%%s", metrics["steps"], stats["tokens_per_s"] or 0,
              100 * (stats["padding_waste"] or 0), f", MFU {100 * stats['mfu']:.1f}%" if stats["mfu"] else "")
-    tmp = out_dir / "finetune.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out_dir / "finetune.json")
+    data.write_json(out_dir / "finetune.json", metrics)
     last.unlink(missing_ok=True)
     return metrics
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cms import sampling
+from cms import data, sampling
 
 RUBRIC = """You check the reasoning of a solution to a math problem whose final answer is already known to be right.
 The solution is VALID when every step follows from the question and the steps before it and every calculation is right.
@@ -71,7 +71,7 @@ def judge(rows: list[dict], out_path: str | Path, *, model_path: str, sampler: d
     ``out_path`` (jsonl, reused when it exists) and their rate is returned."""
     out_path = Path(out_path)
     if out_path.exists():
-        done = [json.loads(line) for line in out_path.read_text().splitlines()]
+        done = data.read_rows(out_path)
     else:
         done = []
         if rows:
@@ -83,36 +83,36 @@ def judge(rows: list[dict], out_path: str | Path, *, model_path: str, sampler: d
             finally:
                 engine.close()
             done = [{"id": r["id"], "output": o[0].text, "valid": parse(o[0].text)} for r, o in zip(rows, outs)]
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(d) + "\n" for d in done))
-        tmp.replace(out_path)
+        data.write_rows(out_path, done)
     return rate([d["valid"] for d in done])
 
 
+def rows(stored: list[dict], what: str) -> list[dict]:
+    """What a judge or a person labels, {id, question, reference, solution}, from kept training
+    solutions (``train``, kept.jsonl rows) or evaluation outputs (``test``: the correct ones)."""
+    if what == "train":
+        return [{"id": f"{r['qid']}:{r['index']}", "question": r["question"], "reference": r.get("reference", ""), "solution": r["solution"]}
+                for r in stored]
+    return [{"id": r["id"], "question": r.get("question", ""), "reference": r.get("reference", ""), "solution": r["output"]}
+            for r in stored if r["verdict"] == "correct"]
+
+
 def candidates(run_dir: Path, what: str) -> list[dict]:
-    """The rows of a run directory a judge or a person can label: kept training
-    solutions (``train``) or the fine-tuned model's correct test answers (``test``)."""
+    """The rows of a run directory a judge or a person can label (see ``rows``)."""
     path = run_dir / SOURCES[what]
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {what} rows exist once the run has {'sampled' if what == 'train' else 'evaluated'}")
-    rows = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        if what == "train":
-            rows.append({"id": f"{r['qid']}:{r['index']}", "question": r["question"], "reference": r.get("reference", ""), "solution": r["solution"]})
-        elif r["verdict"] == "correct":
-            rows.append({"id": r["id"], "question": r.get("question", ""), "reference": r.get("reference", ""), "solution": r["output"]})
-    return rows
+    return rows(data.read_rows(path), what)
 
 
 def export_csv(run_dir: str | Path, out: str | Path, n: int = 50, seed: int = 0, what: str = "train") -> int:
     """Write a random subset of ``n`` rows to CSV for people to fill the ``valid`` column (1/0)."""
-    rows = pick(candidates(Path(run_dir), what), n, seed)
+    chosen = pick(candidates(Path(run_dir), what), n, seed)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["what", "id", "question", "reference", "solution", "valid"])
         writer.writeheader()
-        writer.writerows({"what": what, **r, "valid": ""} for r in rows)
-    return len(rows)
+        writer.writerows({"what": what, **r, "valid": ""} for r in chosen)
+    return len(chosen)
 
 
 def import_csv(run_dir: str | Path, path: str | Path) -> dict:
@@ -126,7 +126,7 @@ def import_csv(run_dir: str | Path, path: str | Path) -> dict:
             if value and value not in LABELS:
                 raise ValueError(f"{path}:{i}: valid={row['valid']!r}; write 1 (valid), 0 (invalid) or leave it empty")
             labels.setdefault(row["what"], {})[row["id"]] = LABELS.get(value)
-    (run_dir / "human_labels.json").write_text(json.dumps(labels, indent=2))
+    data.write_json(run_dir / "human_labels.json", labels)
     metrics = {}
     for what, by_id in labels.items():
         r = rate(list(by_id.values()))
@@ -134,11 +134,7 @@ def import_csv(run_dir: str | Path, path: str | Path) -> dict:
         metrics.update({f"{prefix}fpr_human": r["fpr"], f"{prefix}n_human": r["n"]})
     results_path = run_dir / "results.json"
     if results_path.exists():
-        results = json.loads(results_path.read_text())
-        results.update(metrics)
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        tmp.replace(results_path)
+        data.write_json(results_path, {**json.loads(results_path.read_text()), **metrics})
     return metrics
 
 

@@ -33,7 +33,7 @@ from typing import Optional
 
 from hydra.experimental.callback import Callback
 
-from cms import estimators
+from cms import data, estimators
 
 log = logging.getLogger(__name__)
 # what tells two cells of a sweep apart, besides model, setting and seed; shown when it varies
@@ -78,20 +78,24 @@ def varying(results: list[dict]) -> list[str]:
     return [k for k in GROUP if k in ALWAYS or len({json.dumps(r.get(k)) for r in results}) > 1]
 
 
-def data_rows(results: list[dict]) -> list[dict]:
-    """One row per (group, generator): the data it produced, across seeds (one cell per seed suffices)."""
+def _aggregate(results: list[dict], fields: tuple, metrics) -> list[dict]:
+    """One row per value of ``fields``: each metric's spread across seeds (one cell per seed)."""
     per: dict[tuple, dict] = defaultdict(dict)
     for r in results:
-        if r.get("source") == "sampled":
-            per[_key(r, GROUP) + (r["model"], r["generator"])].setdefault(r["seed"], r)
+        per[_key(r, fields)].setdefault(r["seed"], r)
     rows = []
     for key, by_seed in _sorted(per):
-        row = dict(zip(GROUP + ("model", "generator"), key))
-        for m in DATA_METRICS:
-            row[m], row[m + "_std"], _ = spread([r.get(m) for r in by_seed.values()])
+        row = dict(zip(fields, key))
+        for m in metrics:
+            row[m], row[m + "_std"], _ = spread([_get(r, m) for r in by_seed.values()])
         row["seeds"] = len(by_seed)
         rows.append(row)
     return rows
+
+
+def data_rows(results: list[dict]) -> list[dict]:
+    """One row per (group, generator): the data it produced, across seeds (one cell per seed suffices)."""
+    return _aggregate([r for r in results if r.get("source") == "sampled"], GROUP + ("model", "generator"), DATA_METRICS)
 
 
 def _pairs(results: list[dict], fields: tuple) -> list[tuple[dict, list[dict[str, dict]]]]:
@@ -131,17 +135,7 @@ def protocol_metrics(results: list[dict]) -> list[str]:
 
 def per_model_rows(results: list[dict], metrics: list[str]) -> list[dict]:
     """One row per (group, setting, data source): ``metrics`` across seeds."""
-    cells: dict[tuple, dict] = defaultdict(dict)
-    for r in results:
-        cells[_key(r, GROUP) + (r["setting"], r["model"])].setdefault(r["seed"], r)
-    rows = []
-    for key, by_seed in _sorted(cells):
-        row = dict(zip(GROUP + ("setting", "model"), key))
-        for m in metrics:
-            row[m], row[m + "_std"], _ = spread([_get(r, m) for r in by_seed.values()])
-        row["seeds"] = len(by_seed)
-        rows.append(row)
-    return rows
+    return _aggregate(results, GROUP + ("setting", "model"), metrics)
 
 
 def fpr_rows(results: list[dict]) -> list[dict]:
@@ -200,10 +194,6 @@ def _flops(r: dict) -> str:
     return f"{r['flops_se'] or r['flops_wc'] or 0:.3g}"
 
 
-def _read_graded(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def quality_curves(results: list[dict]) -> list[dict]:
     """coverage@k and diversity@k, k = 1..S, per (group, generator) and difficulty level, from the
     stored graded samples of one cell per generator (the lowest seed), with sampling FLOPs per k."""
@@ -213,7 +203,8 @@ def quality_curves(results: list[dict]) -> list[dict]:
             first.setdefault(_key(r, GROUP) + (r["model"],), r)
     out = []
     for key, r in _sorted(first):
-        rows = _read_graded(Path(r["_dir"]) / "graded.jsonl")
+        path = Path(r["_dir"]) / "graded.jsonl"
+        rows = data.read_rows(path) if path.exists() else []
         if not rows:
             continue
         per_sample = 2 * r["generator_params"] * statistics.fmean(x["tokens"] for x in rows)
@@ -279,7 +270,7 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
     matched = matched_rows(curves or [])
     if matched:
         out["Coverage and diversity at the compute-matched points"] = (
-            [k for k in shown] + ["level", "SE@k", "WC@k", "coverage SE", "coverage WC", "diversity SE", "diversity WC"],
+            shown + ["level", "SE@k", "WC@k", "coverage SE", "coverage WC", "diversity SE", "diversity WC"],
             [_head(r, shown) + [r["level"], r["k_se"], r["k_wc"], f"{100 * r['coverage_se']:.1f}%", f"{100 * r['coverage_wc']:.1f}%",
                                 f"{r['diversity_se']:.3g}", f"{r['diversity_wc']:.3g}"] for r in matched])
     out["pass@1 after fine-tuning"] = (
@@ -339,7 +330,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written, colors = [], {"wc": "tab:blue", "se": "tab:orange"}
-    shown = [k for k in varying(results)]
+    shown = varying(results)
 
     rows = accuracy_rows(results)
     if rows:
@@ -362,7 +353,8 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
     for c in curves:
         groups[_key(c, GROUP)].append(c)
     for gi, (key, cs) in enumerate(_sorted(groups)):
-        levels = sorted({c["level"] for c in cs}, key=lambda lv: (lv != "all", lv))
+        questions = {c["level"]: c["questions"] for c in cs}
+        levels = sorted(questions, key=lambda lv: (lv != "all", lv))
         fig, axes = plt.subplots(2, len(levels), figsize=(3.2 * len(levels) + 0.8, 5.6), squeeze=False)
         for col, level in enumerate(levels):
             se = next((c for c in cs if c["level"] == level and c["model"] == "se"), None)
@@ -377,7 +369,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
                     for k in se["k"]:
                         ax.axvline(k * se["flops_per_sample"], color="grey", linestyle=":", linewidth=0.8)
                 ax.set_xscale("log")
-                ax.set_title(f"{level} ({cs[0]['questions'] if level == 'all' else next(c['questions'] for c in cs if c['level'] == level)} q)", fontsize=9)
+                ax.set_title(f"{level} ({questions[level]} q)", fontsize=9)
                 ax.set_xlabel("sampling FLOPs per question", fontsize=8)
             axes[0][col].set_ylabel("coverage@k (%)")
             axes[1][col].set_ylabel("diversity@k")

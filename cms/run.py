@@ -24,18 +24,6 @@ log = logging.getLogger("cms")
 config.register()
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def _writable(path: Path, what: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -70,11 +58,10 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g)",
              b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"])
 
-    train, test = (data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["procedural"])
-                   for split in ("train_split", "test_split"))
-    exemplars, questions, val = data.split_exemplars(train, ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
-    test = test[: ds["test_limit"]] if ds["test_limit"] is not None else test
-    fmt = data.PromptFormat(ds["question_template"], ds["solution_template"])
+    exemplars, questions, val = data.split_exemplars(_split(c, ds, "train_split"), ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
+    test = _split(c, ds, "test_split", ds["test_limit"])
+    eval_args = _eval_args(c, ds)
+    fmt = eval_args["prompt_format"]
 
     spent = {"spent_flops": 0.0, "mean_solution_tokens": None}
     if c["data"]["source"] == "reference":
@@ -94,19 +81,17 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
                                         [(r["text"], gold[r["qid"]]) for r in rows], [f"{r['qid']}:{r['index']}" for r in rows], **c["grading"])
         kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None, c["data"]["keep"])
-        _write_jsonl(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t)))
+        data.write_rows(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t)))
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]
         if c["stop_after"] == "sampling":
             log.info("stop_after=sampling: %d samples drawn and graded in %s; the grid's cells will reuse them", len(rows), store)
             return {"samples": len(rows), "store": str(store), **quality, **spent}
-    _write_jsonl(run_dir / "kept.jsonl", kept)
+    data.write_rows(run_dir / "kept.jsonl", kept)
     log.info("data from %s: %d kept solutions, coverage %.3f, diversity %.3f", source, len(kept), quality["coverage"], quality["diversity"])
 
     learner_path = models.resolve(learner_card, cache)
     ev = c["evaluation"]
-    eval_args = dict(fmt=ds["answer_format"], prompt_format=fmt, sampler=c["sampler"], stop=ds["stop"],
-                     max_new_tokens=ev["max_new_tokens"] or ds["max_new_tokens"], grading_cfg=c["grading"])
     baseline = None
     if ev["baseline"]:
         shots = ds["num_shots"] if ev["baseline_shots"] is None else ev["baseline_shots"]
@@ -114,7 +99,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
                                  ex=[e.id for e in exemplars], ds=ds, backend=c["sampler"]["backend"])
         baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **eval_args)
 
-    fpr_judge = _judge(c["judge"], family, c["sampler"], cache, [{"id": f"{k['qid']}:{k['index']}", **k} for k in kept], run_dir / "judge_train.jsonl")
+    fpr_judge = _judge(c["judge"], family, c["sampler"], cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")
     finetuned, final, selected, protocols = None, None, None, {}
     if kept:
         pairs = [(fmt.prompt(data.Record(k["qid"], k["question"], "", "")), fmt.completion(k["solution"])) for k in kept]
@@ -154,7 +139,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "fpr_judge": fpr_judge["fpr"], "n_judged": fpr_judge["n"], "judge_unparsed": fpr_judge["unlabelled"],
         **protocols,
     }
-    _write_json(run_dir / "results.json", results)
+    data.write_json(run_dir / "results.json", results)
     log.info("results: %s", run_dir / "results.json")
 
     tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group)
@@ -163,6 +148,19 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     tracker.summary(results)
     tracker.finish()
     return results
+
+
+def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:
+    """The records of a dataset group's split (``train_split`` or ``test_split``), the first ``limit``."""
+    records = data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["procedural"])
+    return records[:limit] if limit is not None else records
+
+
+def _eval_args(c: dict, ds: dict) -> dict:
+    """How evaluation prompts, decodes and grades on a dataset group."""
+    return dict(fmt=ds["answer_format"], prompt_format=data.PromptFormat(ds["question_template"], ds["solution_template"]),
+                sampler=c["sampler"], stop=ds["stop"], max_new_tokens=c["evaluation"]["max_new_tokens"] or ds["max_new_tokens"],
+                grading_cfg=c["grading"])
 
 
 def _judge(jc: dict, family: dict, sampler: dict, cache: Path, rows: list[dict], out_path: Path) -> dict:
@@ -192,12 +190,8 @@ def _protocols(c: dict, model_path: str, test: list, exemplars: list, transfer: 
                     **{k: v for k, v in s.items() if k.startswith("maj@")}})
     scores = {}
     for name, t in transfer.items():
-        t_test = data.load(t["name"], t["test_split"], t["answer_format"], c["paths"]["data_dir"], t["hub"], t["procedural"])
-        limit = ev["transfer_test_limit"] or t["test_limit"]
-        t_test = t_test[:limit] if limit else t_test
-        r = evaluation.run(model_path, t_test, [], fmt=t["answer_format"], prompt_format=data.PromptFormat(t["question_template"], t["solution_template"]),
-                           sampler=c["sampler"], stop=t["stop"], max_new_tokens=ev["max_new_tokens"] or t["max_new_tokens"],
-                           grading_cfg=c["grading"], out_path=run_dir / f"eval_transfer_{name}.jsonl")
+        t_test = _split(c, t, "test_split", ev["transfer_test_limit"] or t["test_limit"])
+        r = evaluation.run(model_path, t_test, [], out_path=run_dir / f"eval_transfer_{name}.jsonl", **_eval_args(c, t))
         scores[name] = {"accuracy": r["accuracy"], "n": r["n"]}
     if scores:
         out["transfer"] = scores
