@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,29 @@ def pytest_configure(config):
     os.environ["CMS_DATA_DIR"] = str(DATA)
 
 
+def _slurm_answers() -> bool:
+    """Whether a SLURM controller answers ``sinfo`` (the binary alone is not a cluster)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
     no_gpu = pytest.mark.skip(reason="needs CUDA (and vLLM for the vLLM sampler): none on this machine")
-    no_slurm = pytest.mark.skip(reason="needs a SLURM cluster: no sinfo on PATH (bash ../shared/slurm/up.sh starts one)")
+    no_slurm = pytest.mark.skip(reason="needs a SLURM cluster: sinfo does not answer (bash ../shared/slurm/up.sh starts one)")
+    slurm = None
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_gpu)
-        if "slurm" in item.keywords and shutil.which("sinfo") is None:
-            item.add_marker(no_slurm)
+        if "slurm" in item.keywords:
+            slurm = _slurm_answers() if slurm is None else slurm
+            if not slurm:
+                item.add_marker(no_slurm)
 
 
 @pytest.fixture(scope="session")
