@@ -8,6 +8,11 @@ Sampling a solution of W tokens from a model of P parameters costs 2*P*W FLOPs
 - ``number``: the same S for both models.
 - ``price``: equal dollars, S_WC = S_SE * price_SE / price_WC (per output token).
 
+Rounding (``budget.rounding``): ``ratio`` (the paper's, the default) rounds the
+ratio to a whole number first, S_WC = S_SE * round(ratio), so Gemma2's 2.946 gives
+3 and ``budget=high`` 30 WC samples; ``samples`` rounds S_SE * ratio (29). Halves
+round up in both (a ratio of 2.5 gives 3).
+
 All functions here are pure: parameter counts come from ``cms.models.count_params``.
 """
 
@@ -17,6 +22,29 @@ import math
 from dataclasses import dataclass
 
 MATCHES = ("compute", "number", "price")
+ROUNDINGS = ("ratio", "samples")
+
+
+def round_half_up(x: float) -> int:
+    """Nearest whole number, halves up (Python's ``round`` sends 2.5 to 2)."""
+    return math.floor(x + 0.5)
+
+
+def exact_ratio(params: dict[str, float], *, match: str, prices: dict[str, float | None] | None = None, ratio: float | None = None) -> float:
+    """WC samples per SE sample before rounding: ``ratio`` if given, else P_SE/P_WC (compute) or price_SE/price_WC (price)."""
+    if ratio is not None:
+        return float(ratio)
+    if match == "number":
+        return 1.0
+    if match == "compute":
+        return params["se"] / params["wc"]
+    prices = prices or {}
+    if not prices.get("wc") or not prices.get("se"):
+        raise BudgetError(
+            "budget.match=price needs a price for both models: set family.wc.price_per_mtok and "
+            "family.se.price_per_mtok (dollars per million output tokens)"
+        )
+    return prices["se"] / prices["wc"]
 
 
 class BudgetError(ValueError):
@@ -38,6 +66,8 @@ class Plan:
     generator_params: int
     assumed_solution_tokens: int
     planned_flops_per_question: float
+    ratio_exact: float | None  # WC samples per SE sample before rounding (None: a budget in FLOPs)
+    ratio_used: float | None  # S_WC / S_SE as drawn
 
 
 def samples_per_question(
@@ -51,15 +81,18 @@ def samples_per_question(
     solution_tokens: int = 256,
     max_samples: int = 10_000,
     ratio: float | None = None,
+    rounding: str = "ratio",
 ) -> int:
     """Samples per question for ``role`` ('wc' or 'se') under one budget.
 
     ``params`` maps 'wc' and 'se' to parameter counts; ``prices`` maps them to
     dollars per million output tokens (price matching only). Ratio-based budgets
-    round to the nearest whole sample (9.24e9 vs 27.2e9 gives the paper's 3x);
-    a budget in FLOPs is floored so it is never exceeded. ``ratio`` fixes WC's
-    samples per SE sample (e.g. 3 for the paper's 3x) instead of deriving it.
+    round by ``rounding`` (see the module docstring); a budget in FLOPs is floored so
+    it is never exceeded. ``ratio`` fixes WC's samples per SE sample (e.g. 3 for the
+    paper's 3x) instead of deriving it.
     """
+    if rounding not in ROUNDINGS:
+        raise BudgetError(f"budget.rounding={rounding!r}: use ratio (round the ratio first, as the paper) or samples")
     if role not in ("wc", "se"):
         raise BudgetError(f"unknown generator role {role!r}: use model=wc or model=se")
     if match not in MATCHES:
@@ -85,18 +118,9 @@ def samples_per_question(
             )
         if role == "se" or match == "number":
             samples = se_samples
-        elif ratio is not None:
-            samples = round(se_samples * ratio)
-        elif match == "compute":
-            samples = round(se_samples * params["se"] / params["wc"])
         else:
-            prices = prices or {}
-            if not prices.get("wc") or not prices.get("se"):
-                raise BudgetError(
-                    "budget.match=price needs a price for both models: set family.wc.price_per_mtok and "
-                    "family.se.price_per_mtok (dollars per million output tokens)"
-                )
-            samples = round(se_samples * prices["se"] / prices["wc"])
+            exact = exact_ratio(params, match=match, prices=prices, ratio=ratio)
+            samples = se_samples * round_half_up(exact) if rounding == "ratio" else round_half_up(se_samples * exact)
         samples = max(samples, 1)
     if samples > max_samples:
         raise BudgetError(
@@ -109,6 +133,11 @@ def samples_per_question(
 def plan(role: str, params: dict[str, float], *, solution_tokens: int, **budget) -> Plan:
     """The sampling plan for one generator: samples per question and planned FLOPs."""
     s = samples_per_question(role, params, solution_tokens=solution_tokens, **budget)
+    exact = used = None
+    if budget.get("flops_per_question") is None:
+        exact = exact_ratio(params, match=budget.get("match", "compute"), prices=budget.get("prices"), ratio=budget.get("ratio"))
+        other = {**budget, "flops_per_question": None}
+        used = samples_per_question("wc", params, solution_tokens=solution_tokens, **other) / samples_per_question("se", params, solution_tokens=solution_tokens, **other)
     return Plan(
         match=budget.get("match", "compute"),
         role=role,
@@ -116,6 +145,8 @@ def plan(role: str, params: dict[str, float], *, solution_tokens: int, **budget)
         generator_params=int(params[role]),
         assumed_solution_tokens=solution_tokens,
         planned_flops_per_question=s * sample_flops(params[role], solution_tokens),
+        ratio_exact=exact,
+        ratio_used=used,
     )
 
 

@@ -23,7 +23,7 @@ class ModelCard:
     tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally
     train: Optional[Dict[str, Any]] = None  # with tiny: train from scratch on arith (cms.toy)
     price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price)
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' dtype: tiny models are built in it; sampling, baseline and judge load the card in it (sampler.dtype=auto)
 
 
 @dataclass
@@ -54,6 +54,7 @@ class BudgetConf:
     max_samples_per_question: int = 1000
     ratio: Optional[float] = None  # WC samples per SE sample; None: P_SE/P_WC (compute) or price_SE/price_WC (price)
     finetune_steps: int = 600  # the paper's SFT steps at this budget (low 600, high 6000); finetune=paper uses it
+    rounding: str = "ratio"  # ratio: S_WC = S_SE * round(ratio), as the paper (10 x 2.946 -> 30) | samples: round(S_SE * ratio) (29); halves up
 
 
 @dataclass
@@ -128,6 +129,8 @@ class FinetuneConf:
     val_size: int = 0  # validation questions carved from train (0: no selection, the last checkpoint)
     save_every: Optional[int] = None  # steps between resume states (None: at the checkpoints only)
     peak_tflops: Optional[float] = None  # per device, for MFU (None: known GPUs, none on CPU)
+    save_dtype: str = "fp32"  # fp32 | bf16: the exported checkpoints (training keeps fp32 master weights either way)
+    keep_checkpoints: str = "all"  # all | best: score each checkpoint on validation as it is written, keep only the best so far
     strategy: StrategyConf = field(default_factory=StrategyConf)
 
 
@@ -136,7 +139,7 @@ class EvaluationConf:
     baseline: bool = True
     baseline_shots: Optional[int] = None  # None: the dataset's few-shot prompt
     finetuned_shots: int = 0
-    batch_size: int = 16
+    batch_size: Optional[int] = None  # prompts per generate call when evaluating; None: sampler.batch_size
     max_new_tokens: Optional[int] = None  # None: the dataset's
     samples: int = 0  # k > 0: also draw k samples per test question (pass@1 = mean over k, with a CI; maj@k)
     temperature: float = 0.7
@@ -181,6 +184,7 @@ class PathsConf:
 @dataclass
 class RunConf:
     seed: int = 0
+    rerun: bool = False  # recompute a cell whose run directory holds outputs of other settings (they move to previous/)
     detach: bool = False  # with hydra/launcher=submitit_slurm: submit the grid and return (python -m cms.slurm status)
     stop_after: Optional[str] = None  # null: the whole cell | sampling: draw (and grade) the samples, then stop
     model: GeneratorConf = field(default_factory=GeneratorConf)
@@ -212,7 +216,24 @@ CHOICES = {
     "logger.mode": ("offline", "online", "disabled"),
     "finetune.schedule": ("constant", "cosine"),
     "finetune.strategy.name": ("single", "ddp", "fsdp"),
+    "finetune.save_dtype": ("fp32", "bf16"),
+    "finetune.keep_checkpoints": ("all", "best"),
+    "budget.rounding": ("ratio", "samples"),
 }
+
+
+# settings that say where or how fast a cell runs, not what it computes
+UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
+                   "sampler.batch_size", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.tensor_parallel_size",
+                   "grading.workers", "evaluation.batch_size", "finetune.log_every", "finetune.save_every", "finetune.peak_tflops",
+                   "finetune.accelerator", "finetune.strategy")
+
+
+def cell_fingerprint(c: dict) -> dict:
+    """The settings that change what a cell computes: the resolved config less ``UNFINGERPRINTED``."""
+    from cms.resume import flatten
+
+    return {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
 
 
 def validate(cfg) -> None:
@@ -222,6 +243,14 @@ def validate(cfg) -> None:
         if value not in allowed:
             names = ", ".join("null" if a is None else a for a in allowed)
             raise ValueError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
+    for role in ("wc", "se", "student"):
+        card = OmegaConf.select(cfg, f"family.{role}")
+        if card is not None and card.get("tiny") and card.get("path"):
+            raise ValueError(
+                f"family.{role}.path={card.path!r} and family.{role}.tiny are both set, and a tiny card never reads its path: "
+                f"to load the model at the path, also pass family.{role}.tiny=null family.{role}.train=null "
+                f"(and family.{role}.name=<its name>); to build the tiny model, drop family.{role}.path"
+            )
 
 
 def dataset_group(name: str) -> dict:

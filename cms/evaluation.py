@@ -12,22 +12,34 @@ majority vote over answers that grade as equivalent (``0.5`` and ``\\frac12``
 are one vote).
 
 ``select``: the paper's checkpoint protocol on the validation questions.
+
+Each summary stores the fingerprint of what it was computed from (model,
+questions, prompt, decoding, grader); one computed otherwise is never returned.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock
 from tqdm import tqdm
 
-from cms import data, estimators, grading, sampling
+from cms import data, estimators, grading, resume, sampling
 from cms.data import PromptFormat, Record
 
 log = logging.getLogger(__name__)
+
+
+def fingerprint(model_path: str, records: list[Record], exemplars: list[Record], *, fmt: str, prompt_format: PromptFormat,
+                sampler: dict, max_new_tokens: int, stop: list[str], grading_cfg: Optional[dict] = None) -> dict:
+    """What an evaluation's outputs depend on."""
+    return {"model": str(model_path), "questions": resume.digest([(r.id, r.question, r.answer) for r in records]),
+            "exemplars": [r.id for r in exemplars], "fmt": fmt, "prompt": [prompt_format.question_template, prompt_format.solution_template],
+            "max_new_tokens": max_new_tokens, "stop": list(stop), "backend": sampler.get("backend", "hf"),
+            "dtype": sampler.get("dtype", "auto"), "grading_timeout_s": (grading_cfg or {}).get("timeout_s")}
 
 
 def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt: str, prompt_format: PromptFormat,
@@ -36,9 +48,12 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
     out_path = Path(out_path)
     summary_path = out_path.with_suffix(".json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(model_path, records, exemplars, fmt=fmt, prompt_format=prompt_format, sampler=sampler,
+                     max_new_tokens=max_new_tokens, stop=stop, grading_cfg=grading_cfg)
     with FileLock(str(out_path) + ".lock"):
-        if summary_path.exists():
-            return json.loads(summary_path.read_text())
+        done = resume.reuse(summary_path, fp, "an evaluation")
+        if done is not None:
+            return done
         prompts = [prompt_format.prompt(r, exemplars) for r in records]
         engine = sampling.from_config(sampler, model_path)
         try:
@@ -55,6 +70,7 @@ def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt:
             "correct": verdicts.count(grading.CORRECT),
             "ungraded": verdicts.count(grading.UNGRADED),
             "shots": len(exemplars),
+            "fingerprint": fp,
         }
         data.write_json(summary_path, summary)
         return summary
@@ -67,8 +83,12 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
     each m in ``maj_k`` up to k; per-question samples go to ``out_path`` (jsonl)."""
     out_path = Path(out_path)
     summary_path = out_path.with_suffix(".json")
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
+    fp = {**fingerprint(model_path, records, exemplars, fmt=fmt, prompt_format=prompt_format, sampler=sampler,
+                        max_new_tokens=max_new_tokens, stop=stop, grading_cfg=grading_cfg),
+          "k": k, "temperature": temperature, "top_p": sampler.get("top_p", 1.0), "maj_k": list(maj_k), "seed": seed}
+    done = resume.reuse(summary_path, fp, "a sampled evaluation")
+    if done is not None:
+        return done
     prompts = [prompt_format.prompt(r, exemplars) for r in records]
     engine = sampling.from_config(sampler, model_path)
     try:
@@ -90,7 +110,7 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
     data.write_rows(out_path, rows)
     mean, ci = estimators.mean_ci(per_question) if per_question else (None, None)
     summary = {"pass1_mean": mean, "pass1_ci95": ci, "k": k, "temperature": temperature, "n": len(records),
-               **{f"maj@{m}": sum(v) / len(v) if v else None for m, v in votes.items()}}
+               **{f"maj@{m}": sum(v) / len(v) if v else None for m, v in votes.items()}, "fingerprint": fp}
     data.write_json(summary_path, summary)
     return summary
 
@@ -110,3 +130,21 @@ def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], 
     log.info("checkpoint selection on %d validation questions: %s; selected step %d", len(val),
              ", ".join(f"{s['step']}: {s['accuracy']:.3f}" for s in scores), scores[best]["step"])
     return {**checkpoints[best], "val_accuracy": scores}
+
+
+def validator(*, records: list[dict], exemplars: list[dict], out_dir: str, question_template: str, solution_template: str, **eval_args):
+    """``score(path, step) -> accuracy`` of a checkpoint on the validation questions, written where
+    ``select`` looks, so the selection later reuses each score (``validation_spec`` builds the arguments)."""
+    val, shots = [Record(**r) for r in records], [Record(**r) for r in exemplars]
+    prompt_format = PromptFormat(question_template, solution_template)
+
+    def score(path: str, step: int) -> float:
+        return run(path, val, shots, out_path=Path(out_dir) / f"step-{step:06d}.jsonl", prompt_format=prompt_format, **eval_args)["accuracy"]
+
+    return score
+
+
+def validation_spec(val: list[Record], exemplars: list[Record], out_dir: str | Path, *, prompt_format: PromptFormat, **eval_args) -> dict:
+    """The JSON-able arguments of ``validator`` (they travel to multi-device fine-tuning processes)."""
+    return {"records": [asdict(r) for r in val], "exemplars": [asdict(r) for r in exemplars], "out_dir": str(out_dir),
+            "question_template": prompt_format.question_template, "solution_template": prompt_format.solution_template, **eval_args}

@@ -7,7 +7,17 @@ per example and no attention mask is passed, which makes transformers build a
 block-diagonal causal mask (varlen kernels with flash-attention), so examples
 never attend to each other.
 
-The batch of step ``s`` is a function of (seed, s) alone, and a full training
+The learner trains on fp32 master weights whatever its checkpoint's dtype
+(``bf16-mixed`` autocasts the compute; AdamW's state and updates stay fp32, so
+lr 1e-6 moves bf16 checkpoints too) and is exported in ``save_dtype`` (fp32 by
+default: bf16 rounds most updates of that size away).
+
+Step ``s`` trains on ``batch_size`` examples, a function of (seed, s) alone,
+dealt to the ranks so that each gets at least one row and nearly the same
+tokens; the loss is the global token mean (token losses summed over all ranks /
+the step's target tokens), so a step's gradient does not depend on the number of
+devices. Under FSDP only rank 0 reads the weights; the others start on the meta
+device and receive them when the model is sharded. A full training
 state is written atomically every few steps, so a killed run resumes where it
 stopped and ends exactly where an uninterrupted one would. The paper's protocol
 keeps ``checkpoints`` evenly spaced HF checkpoints; the caller picks the best one
@@ -33,7 +43,7 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from torch.utils.data import DataLoader, Sampler
 
-from cms import data, models
+from cms import data, models, resume
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -78,6 +88,30 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def targets(example: dict) -> int:
+    """Tokens the loss scores in an example: its labels after the first token (the first is never predicted)."""
+    return sum(t != IGNORE for t in example["labels"][1:])
+
+
+def plan_step(lengths: list[int], world: int, capacity: int | None) -> list[list[list[int]]]:
+    """Split one step's examples (their token ``lengths``) across ``world`` ranks: per rank, its rows of
+    example indices. Longest first, each example goes to the rank holding the fewest tokens, so every
+    rank gets at least one example and the ranks differ by less than the longest example; each rank
+    then packs its share into rows of ``capacity`` tokens (None: one example per row)."""
+    if len(lengths) < world:
+        raise ValueError(f"a step of {len(lengths)} examples cannot give each of {world} ranks one: "
+                         f"raise finetune.batch_size to at least {world} or use fewer devices")
+    shares: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda r: (load[r], len(shares[r]), r))
+        shares[r].append(i)
+        load[r] += lengths[i]
+    if capacity is None:
+        return [[[i] for i in share] for share in shares]
+    return [[[share[j] for j in row] for row in pack([lengths[i] for i in share], capacity)] for share in shares]
+
+
 def collate(rows: list[list[dict]], pad_id: int, length: int | None = None) -> dict:
     """A batch of rows, each a list of examples.
 
@@ -111,13 +145,14 @@ def collate(rows: list[list[dict]], pad_id: int, length: int | None = None) -> d
     return batch
 
 
-class StepBatches(Sampler):
-    """The rows of step s: positions [s*k, (s+1)*k) of an endless stream of seeded
-    permutations of the rows. Iteration starts at ``start()`` (the trainer's step)."""
+class StepPlan:
+    """Which examples step s trains on: positions [s*B, (s+1)*B) of an endless stream of
+    seeded permutations of the examples, B = ``batch_size``, and how they split across ranks."""
 
-    def __init__(self, n_rows: int, rows_per_step: int, steps: int, seed: int, start=lambda: 0, rank: int = 0, world: int = 1):
-        self.n, self.k, self.steps, self.seed, self.start = n_rows, rows_per_step, steps, seed, start
-        self.rank, self.world = rank, world
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, capacity: int | None, world: int = 1):
+        self.examples, self.seed, self.capacity, self.world = examples, seed, capacity, world
+        self.n = len(examples)
+        self.batch_size = min(batch_size, self.n)
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
@@ -125,15 +160,29 @@ class StepBatches(Sampler):
             self._perms[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)).tolist()
         return self._perms[epoch]
 
-    def rows(self, step: int) -> list[int]:
-        out = []
-        for p in range(step * self.k, (step + 1) * self.k):
-            out.append(self._perm(p // self.n)[p % self.n])
-        return out[self.rank::self.world]
+    def indices(self, step: int) -> list[int]:
+        return [self._perm(p // self.n)[p % self.n] for p in range(step * self.batch_size, (step + 1) * self.batch_size)]
+
+    def ranks(self, step: int) -> list[list[list[dict]]]:
+        """Per rank, the rows (lists of examples) of step ``step``."""
+        idx = self.indices(step)
+        split = plan_step([len(self.examples[i]["input_ids"]) for i in idx], self.world, self.capacity)
+        return [[[self.examples[idx[j]] for j in row] for row in share] for share in split]
+
+    def targets(self, step: int) -> int:
+        """The step's target tokens over all ranks: the loss's denominator."""
+        return sum(targets(self.examples[i]) for i in self.indices(step))
+
+
+class StepBatches(Sampler):
+    """Yields the step numbers from ``start()`` (the trainer's step, for resuming) to ``steps``."""
+
+    def __init__(self, steps: int, start=lambda: 0):
+        self.steps, self.start = steps, start
 
     def __iter__(self):
         for s in range(self.start(), self.steps):
-            yield self.rows(s)
+            yield [s]
 
     def __len__(self) -> int:
         return self.steps
@@ -152,42 +201,76 @@ class StepLoader(DataLoader):
 class SFTData(L.LightningDataModule):
     def __init__(self, examples: list[dict], batch_size: int, pad_id: int, steps: int, seed: int = 0, pack_length: int | None = None):
         super().__init__()
-        self.pad_id, self.steps, self.seed, self.pack_length = pad_id, steps, seed, pack_length
-        if pack_length:
-            self.rows = [[examples[i] for i in row] for row in pack([len(e["input_ids"]) for e in examples], pack_length)]
-            mean_len = sum(len(e["input_ids"]) for e in examples) / len(examples)
-            self.rows_per_step = max(1, round(batch_size * mean_len / pack_length))  # about batch_size examples a step
-        else:
-            self.rows = [[e] for e in examples]
-            self.rows_per_step = batch_size
-        self.rows_per_step = min(self.rows_per_step, len(self.rows))
+        self.examples, self.batch_size, self.pad_id, self.steps, self.seed, self.pack_length = examples, batch_size, pad_id, steps, seed, pack_length
+
+    def plan(self, world: int = 1) -> StepPlan:
+        return StepPlan(self.examples, self.batch_size, self.seed, self.pack_length, world)
 
     def train_dataloader(self) -> DataLoader:
         t = self.trainer
-        batches = StepBatches(len(self.rows), self.rows_per_step, self.steps, self.seed,
-                              start=lambda: t.global_step, rank=t.global_rank, world=t.world_size)
-        return StepLoader(self.rows, batch_sampler=batches, collate_fn=self._collate)
+        plan = self.plan(t.world_size)
+        return StepLoader(_Steps(plan, t.global_rank, self.pad_id, self.pack_length), batch_sampler=StepBatches(self.steps, start=lambda: t.global_step),
+                          collate_fn=lambda batch: batch[0])
 
-    def _collate(self, rows):
-        return collate(rows, self.pad_id, self.pack_length)
+
+class _Steps:
+    """Map-style dataset: step s -> this rank's collated batch, with the step's global target count."""
+
+    def __init__(self, plan: StepPlan, rank: int, pad_id: int, pack_length: int | None):
+        self.plan, self.rank, self.pad_id, self.pack_length = plan, rank, pad_id, pack_length
+
+    def __getitem__(self, step: int) -> dict:
+        batch = collate(self.plan.ranks(step)[self.rank], self.pad_id, self.pack_length)
+        return {**batch, "targets": self.plan.targets(step)}
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+
+def token_loss(model, batch: dict) -> torch.Tensor:
+    """The sum of this rank's token losses (fp32 cross-entropy over the targets)."""
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def step_loss(model, batch: dict, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what this rank backpropagates, its summed token loss). DDP and FSDP average gradients over
+    the ranks, so scaling the rank's sum by world / (the step's target tokens over all ranks) makes
+    the step's gradient that of the global token mean, whatever the number of devices."""
+    summed = token_loss(model, batch)
+    return summed * world / batch["targets"], summed
 
 
 class SFTModule(L.LightningModule):
-    def __init__(self, model, lr: float, warmup_steps: int, weight_decay: float = 0.0, schedule: str = "constant", total_steps: int = 1):
+    """``load(rank)`` builds the learner in ``configure_model``, after the strategy knows the rank."""
+
+    def __init__(self, load, lr: float, warmup_steps: int, weight_decay: float = 0.0, schedule: str = "constant",
+                 total_steps: int = 1, activation_checkpointing: bool = False):
         super().__init__()
-        self.model, self.lr, self.warmup_steps, self.weight_decay = model, lr, warmup_steps, weight_decay
-        self.schedule, self.total_steps = schedule, total_steps
+        self.load, self.model, self.lr, self.warmup_steps, self.weight_decay = load, None, lr, warmup_steps, weight_decay
+        self.schedule, self.total_steps, self.activation_checkpointing = schedule, total_steps, activation_checkpointing
+
+    def configure_model(self):
+        if self.model is None:
+            self.model = self.load(self.global_rank).train()
+            if self.activation_checkpointing:
+                self.model.gradient_checkpointing_enable()
 
     def training_step(self, batch, batch_idx):
-        batch = {k: v for k, v in batch.items() if k not in ("real_tokens", "tokens")}
-        loss = self.model(**batch, use_cache=False).loss
-        if not torch.isfinite(loss):
+        loss, summed = step_loss(self.model, batch, self.trainer.world_size)
+        total = summed.detach().clone()
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        mean = total / batch["targets"]
+        if not torch.isfinite(mean):
             raise FloatingPointError(
-                f"fine-tuning loss is {loss.item()} at step {self.global_step}: lower finetune.lr "
+                f"fine-tuning loss is {mean.item()} at step {self.global_step}: lower finetune.lr "
                 "or use finetune.precision=32-true; the samples and the data stay in the run directory"
             )
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        self.log("train/loss", mean, prog_bar=True)
+        return {"loss": loss, "mean_loss": mean}
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -206,8 +289,8 @@ class Meter(L.Callback):
     """Loss curve, tokens per second (padding excluded), MFU by the 6N rule and padding waste per
     epoch; its state travels in the training checkpoint."""
 
-    def __init__(self, n_params: int, rows_per_step: int, rows_per_epoch: int, peak_flops: float | None):
-        self.n_params, self.rows_per_step, self.rows_per_epoch, self.peak_flops = n_params, rows_per_step, rows_per_epoch, peak_flops
+    def __init__(self, n_params: int, examples_per_step: int, n_examples: int, peak_flops: float | None):
+        self.n_params, self.examples_per_step, self.n_examples, self.peak_flops = n_params, examples_per_step, n_examples, peak_flops
         self.curve: list[dict] = []
         self.stats = {"real_tokens": 0, "tokens": 0, "seconds": 0.0, "epochs": []}
         self._t0 = 0.0
@@ -219,25 +302,27 @@ class Meter(L.Callback):
         if module.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - self._t0
-        real, total, s = batch["real_tokens"], batch["tokens"], self.stats
+        counts = torch.tensor([batch["real_tokens"], batch["tokens"]], dtype=torch.float64, device=module.device)
+        real, total = (int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist()) if trainer.world_size > 1 else (batch["real_tokens"], batch["tokens"])
+        s = self.stats
         step = trainer.global_step - 1
-        epoch = step * self.rows_per_step // self.rows_per_epoch
+        epoch = step * self.examples_per_step // self.n_examples
         if not s["epochs"] or s["epochs"][-1]["epoch"] != epoch:
             s["epochs"].append({"epoch": epoch, "real_tokens": 0, "tokens": 0})
         for acc in (s, s["epochs"][-1]):
             acc["real_tokens"] += real
             acc["tokens"] += total
         s["seconds"] += dt
-        point = {"step": step, "loss": outputs["loss"].item(), "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                 "tokens_per_s": real * trainer.world_size / dt, "padding_waste": 1 - real / total}
+        point = {"step": step, "loss": outputs["mean_loss"].item(), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                 "tokens_per_s": real / dt, "padding_waste": 1 - real / total}
         self.curve.append(point)
-        module.log_dict({"train/tokens_per_s": point["tokens_per_s"], "train/padding_waste": point["padding_waste"]})
+        module.log_dict({"train/tokens_per_s": point["tokens_per_s"], "train/padding_waste": point["padding_waste"], "train/lr": point["lr"]})
 
     def summary(self, world: int) -> dict:
         s = self.stats
-        tps = s["real_tokens"] * world / s["seconds"] if s["seconds"] else None
+        tps = s["real_tokens"] / s["seconds"] if s["seconds"] else None
         return {
-            "train_tokens": s["real_tokens"] * world,
+            "train_tokens": s["real_tokens"],
             "train_seconds": s["seconds"],
             "tokens_per_s": tps,
             "mfu": 6 * self.n_params * tps / (self.peak_flops * world) if tps and self.peak_flops else None,
@@ -259,16 +344,24 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 
 class Checkpoints(L.Callback):
-    """HF checkpoints at the protocol's steps; the full training state (atomically) at
-    those steps and every ``save_every`` steps, for resuming."""
+    """HF checkpoints (in ``save_dtype``) at the protocol's steps; the full training state
+    (atomically) at those steps and every ``save_every`` steps, for resuming. With ``score``
+    (keep only the best), each checkpoint is scored as it is written and only the best so
+    far (the later one on a tie, as the selection does) stays on disk."""
 
-    def __init__(self, out_dir: Path, steps: list[int], save_every: int | None, tokenizer):
+    def __init__(self, out_dir: Path, steps: list[int], save_every: int | None, tokenizer, save_dtype: torch.dtype, score=None):
         self.out_dir, self.steps, self.save_every, self.tokenizer = out_dir, set(steps), save_every, tokenizer
+        self.save_dtype, self.score = save_dtype, score
+        self.best: dict | None = None  # {step, accuracy}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step in self.steps:
-            self.save_hf(trainer, module, self.out_dir / "checkpoints" / f"step-{step:06d}")
+            path = self.out_dir / "checkpoints" / f"step-{step:06d}"
+            self.save_hf(trainer, module, path)
+            if self.score is not None and trainer.is_global_zero:
+                self.keep_best(step, path)
+            trainer.strategy.barrier()
         if step in self.steps or (self.save_every and step % self.save_every == 0):
             tmp = self.out_dir / "last.ckpt.tmp"
             trainer.save_checkpoint(tmp)
@@ -276,12 +369,25 @@ class Checkpoints(L.Callback):
                 os.replace(tmp, self.out_dir / "last.ckpt")
             trainer.strategy.barrier()
 
+    def keep_best(self, step: int, path: Path) -> None:
+        accuracy = self.score(str(path), step)
+        if self.best is None or accuracy >= self.best["accuracy"]:
+            if self.best is not None:
+                shutil.rmtree(self.out_dir / "checkpoints" / f"step-{self.best['step']:06d}", ignore_errors=True)
+            self.best = {"step": step, "accuracy": accuracy}
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        log.info("checkpoint at step %d scores %.3f on validation; keeping step %d (finetune.keep_checkpoints=best)",
+                 step, accuracy, self.best["step"])
+
     def save_hf(self, trainer, module, path: Path) -> None:
         state = trainer.strategy.lightning_module_state_dict()  # gathered on rank 0 under FSDP
         if trainer.is_global_zero:
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            module.model.save_pretrained(tmp, state_dict={k.removeprefix("model."): v for k, v in state.items()})
+            state = {k.removeprefix("model."): v.to(self.save_dtype) if v.is_floating_point() else v for k, v in state.items()}
+            module.model.config.dtype = self.save_dtype  # what the config.json says the weights are
+            module.model.save_pretrained(tmp, state_dict=state)
             self.tokenizer.padding_side = "left"
             self.tokenizer.save_pretrained(tmp)
             self.tokenizer.padding_side = "right"
@@ -289,24 +395,57 @@ class Checkpoints(L.Callback):
             tmp.rename(path)
         trainer.strategy.barrier()
 
+    def state_dict(self) -> dict:
+        return {"best": self.best}
 
-def _strategy(strategy: dict, model):
-    """Lightning strategy for a preset: single device, DDP, or FSDP wrapping the model's decoder layers."""
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+
+
+def _strategy(strategy: dict, layers: set):
+    """Lightning strategy for a preset: single device, DDP, or FSDP wrapping the model's decoder ``layers``.
+    Under FSDP, ranks other than 0 hold the model on the meta device until it is sharded: their
+    shards are allocated empty and filled from rank 0 (sync_module_states)."""
     name = strategy.get("name", "single")
     if name == "single":
-        if strategy.get("activation_checkpointing"):
-            model.gradient_checkpointing_enable()
         return "auto"
     if name == "ddp":
         return L.pytorch.strategies.DDPStrategy(find_unused_parameters=False)
     if name == "fsdp":
-        layers = {type(m) for m in model.modules() if type(m).__name__ in set(model._no_split_modules or [])}
         return L.pytorch.strategies.FSDPStrategy(
             auto_wrap_policy=layers, sharding_strategy=strategy.get("sharding", "FULL_SHARD"), state_dict_type="full",
             activation_checkpointing_policy=layers if strategy.get("activation_checkpointing") else None,
-            limit_all_gathers=True, use_orig_params=True,
+            limit_all_gathers=True, use_orig_params=True, sync_module_states=True, param_init_fn=_materialize,
         )
     raise ValueError(f"unknown finetune.strategy.name={name!r}: use single, ddp or fsdp")
+
+
+def decoder_layers(model) -> set:
+    """The classes of the model's decoder layers: FSDP's wrapping (and checkpointing) units."""
+    return {type(m) for m in model.modules() if type(m).__name__ in set(model._no_split_modules or [])}
+
+
+def _materialize(module: torch.nn.Module) -> None:
+    """FSDP's param_init_fn for a module on the meta device: empty storage on this rank's GPU (rank 0's values follow)."""
+    module.to_empty(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu", recurse=False)
+
+
+def load_for_training(model_path: str, rank: int, fsdp: bool):
+    """The learner in fp32 (the master weights) on the host; under FSDP, only rank 0 reads the
+    weights and the other ranks build the architecture on the meta device (no host memory)."""
+    if fsdp and rank != 0:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+    return models.load_model(model_path, dtype="float32", device="cpu")
+
+
+def _meta_model(model_path: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
 
 
 def _peak_flops(accelerator: str, peak_tflops: float | None) -> float | None:
@@ -318,40 +457,107 @@ def _peak_flops(accelerator: str, peak_tflops: float | None) -> float | None:
     return None
 
 
+def _state(path: str) -> dict[str, "torch.Tensor"]:
+    """A checkpoint's tensors by name, read lazily from safetensors when it has them."""
+    from safetensors import safe_open
+
+    root = Path(path)
+    index = root / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else (["model.safetensors"] if (root / "model.safetensors").exists() else [])
+    if not files:
+        return models.load_model(path, dtype="auto", device="cpu").state_dict()
+    out = {}
+    for f in files:
+        with safe_open(root / f, framework="pt") as st:
+            out.update({k: (root / f, k) for k in st.keys()})
+    return out
+
+
+def _tensor(ref) -> torch.Tensor:
+    if isinstance(ref, torch.Tensor):
+        return ref
+    from safetensors import safe_open
+
+    with safe_open(ref[0], framework="pt") as st:
+        return st.get_tensor(ref[1])
+
+
+def changed_fraction(start_path: str, exported_path: str) -> float:
+    """The share of parameters whose exported value differs from the starting model's (tensor by tensor)."""
+    a, b = _state(start_path), _state(exported_path)
+    changed = total = 0
+    for name in sorted(set(a) & set(b)):
+        x, y = _tensor(a[name]), _tensor(b[name])
+        if x.is_floating_point():
+            changed += int((x.float() != y.float()).sum())
+            total += x.numel()
+    return changed / total if total else 0.0
+
+
+# settings that change what fine-tuning produces (the rest: where and how fast it runs)
+FINGERPRINTED = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "schedule", "grad_clip", "max_length", "precision",
+                 "seed", "packing", "pack_length", "checkpoints", "save_dtype", "keep_checkpoints")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
 def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, steps: int, batch_size: int, lr: float,
         warmup_steps: int = 0, weight_decay: float = 0.0, schedule: str = "constant", grad_clip: float = 1.0,
         max_length: int = 1024, precision: str = "32-true", accelerator: str = "auto", log_every: int = 10,
         seed: int = 0, packing: bool = True, pack_length: int | None = None, checkpoints: int = 1,
-        save_every: int | None = None, peak_tflops: float | None = None, strategy: dict | None = None, **_) -> dict:
+        save_every: int | None = None, peak_tflops: float | None = None, strategy: dict | None = None,
+        save_dtype: str = "fp32", keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None, **_) -> dict:
     """Fine-tune ``model_path`` on ``pairs`` for ``steps`` optimizer steps; return the metrics.
 
     Writes ``checkpoints`` evenly spaced HF checkpoints under ``out_dir/checkpoints/``
     (the last is also ``metrics["checkpoint"]``) and ``out_dir/finetune.json``. Finished
-    work is returned as stored; a run stopped midway resumes from ``out_dir/last.ckpt``.
+    work is returned as stored when it was computed with the same settings (else
+    ``resume.StaleError``); a run stopped midway resumes from ``out_dir/last.ckpt``.
+    ``keep_checkpoints="best"`` scores each checkpoint with ``validate`` (see
+    ``evaluation.validator``) as it is written and keeps only the best so far.
+    ``wandb``: the run to log the curves to live (``tracking.Tracker.lightning``).
     """
     out_dir = Path(out_dir)
-    done = out_dir / "finetune.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if save_dtype not in DTYPES:
+        raise ValueError(f"finetune.save_dtype={save_dtype!r}: use fp32 (the default) or bf16")
+    if keep_checkpoints not in ("all", "best"):
+        raise ValueError(f"finetune.keep_checkpoints={keep_checkpoints!r}: use all or best")
+    if keep_checkpoints == "best" and not validate:
+        raise ValueError("finetune.keep_checkpoints=best scores checkpoints on validation questions: set finetune.val_size > 0")
     strategy = dict(strategy or {"name": "single"})
     args = dict(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
                 schedule=schedule, grad_clip=grad_clip, max_length=max_length, precision=precision, accelerator=accelerator,
                 log_every=log_every, seed=seed, packing=packing, pack_length=pack_length, checkpoints=checkpoints,
-                save_every=save_every, peak_tflops=peak_tflops, strategy=strategy)
+                save_every=save_every, peak_tflops=peak_tflops, strategy=strategy, save_dtype=save_dtype,
+                keep_checkpoints=keep_checkpoints, validate=validate, wandb=wandb)
+    fingerprint = {"model": model_path, "pairs": resume.digest(pairs), **{k: args[k] for k in FINGERPRINTED}}
+    done = resume.reuse(out_dir / "finetune.json", fingerprint, "a finished fine-tuning")
+    if done is not None:
+        return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.ckpt"
+    if last.exists():
+        resume.reuse_file(last, fingerprint, "a fine-tuning state to resume")
+    resume.mark(last, fingerprint)
     if strategy.get("devices", 1) > 1 or strategy.get("num_nodes", 1) > 1:
-        return _launch(model_path, pairs, out_dir, args)
-    return _train(model_path, pairs, out_dir, **args)
+        return _launch(model_path, pairs, out_dir, args, fingerprint)
+    return _train(model_path, pairs, out_dir, fingerprint=fingerprint, **args)
 
 
-def _launch(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, args: dict) -> dict:
+def srun_command(strategy: dict, cmd: list[str]) -> list[str]:
+    """``cmd`` started once per device on every node of the cell's SLURM allocation. The cell itself runs
+    as a job step, so the nested step needs ``--overlap`` to share its resources (SLURM >= 20.11)."""
+    return ["srun", f"--nodes={strategy['num_nodes']}", f"--ntasks-per-node={strategy['devices']}", "--overlap",
+            "--kill-on-bad-exit=1", *cmd]
+
+
+def _launch(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, args: dict, fingerprint: dict) -> dict:
     """Run the training in its own process(es): Lightning starts one rank per device; across nodes, srun starts them."""
     spec = out_dir / "spec.json"
-    spec.write_text(json.dumps({"model_path": model_path, "pairs": pairs, "args": args}))
+    spec.write_text(json.dumps({"model_path": model_path, "pairs": pairs, "args": args, "fingerprint": fingerprint}))
     cmd = [sys.executable, "-m", "cms.finetuning", str(spec)]
     st = args["strategy"]
     if st.get("num_nodes", 1) > 1:
-        cmd = ["srun", f"--nodes={st['num_nodes']}", f"--ntasks-per-node={st['devices']}", "--kill-on-bad-exit=1", *cmd]
+        cmd = srun_command(st, cmd)
     log.info("fine-tuning on %d node(s) x %d device(s): %s", st.get("num_nodes", 1), st.get("devices", 1), " ".join(cmd))
     rc = subprocess.run(cmd).returncode
     if rc:
@@ -360,26 +566,47 @@ def _launch(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, args: 
     return json.loads((out_dir / "finetune.json").read_text())
 
 
+def _logger(spec: dict | None):
+    """Lightning's WandbLogger on the cell's wandb run (the same id; resumed on requeue), or none."""
+    if not spec:
+        return False
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(**spec)
+
+
 def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, steps: int, batch_size: int, lr: float,
            warmup_steps: int, weight_decay: float, schedule: str, grad_clip: float, max_length: int, precision: str,
            accelerator: str, log_every: int, seed: int, packing: bool, pack_length: int | None, checkpoints: int,
-           save_every: int | None, peak_tflops: float | None, strategy: dict) -> dict:
+           save_every: int | None, peak_tflops: float | None, strategy: dict, save_dtype: str = "fp32",
+           keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None, fingerprint: dict | None = None) -> dict:
     L.seed_everything(seed, workers=True, verbose=False)
     tokenizer = models.load_tokenizer(model_path)
     tokenizer.padding_side = "right"
-    model = models.load_model(model_path, device="cpu").train()
     examples = tokenize_pairs(tokenizer, pairs, max_length)
     if not examples:
         raise ValueError("no training example has a solution token left after truncation: raise finetune.max_length")
     sft = SFTData(examples, batch_size, tokenizer.pad_token_id, steps, seed, (pack_length or max_length) if packing else None)
-    module = SFTModule(model, lr, warmup_steps, weight_decay, schedule, steps)
-    meter = Meter(sum(p.numel() for p in model.parameters()), sft.rows_per_step, len(sft.rows), _peak_flops(accelerator, peak_tflops))
+    meta = _meta_model(model_path)
+    checkpoint_dtype = str(getattr(meta.config, "dtype", None) or getattr(meta.config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    fsdp = strategy.get("name") == "fsdp"
+    layers = decoder_layers(meta)
+    module = SFTModule(lambda rank: load_for_training(model_path, rank, fsdp), lr, warmup_steps, weight_decay, schedule, steps,
+                       activation_checkpointing=strategy.get("activation_checkpointing", False) and strategy.get("name", "single") == "single")
+    meter = Meter(sum(p.numel() for p in meta.parameters()), sft.plan().batch_size, len(examples), _peak_flops(accelerator, peak_tflops))
+    del meta
     marks = checkpoint_steps(steps, checkpoints)
+    score = None
+    if keep_checkpoints == "best":
+        from cms import evaluation
+
+        score = evaluation.validator(**validate)
+    keeper = Checkpoints(out_dir, marks, save_every, tokenizer, DTYPES[save_dtype], score)
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None  # submitit owns requeue
     trainer = L.Trainer(
         max_steps=steps, accelerator=accelerator, devices=strategy.get("devices", 1), num_nodes=strategy.get("num_nodes", 1),
-        strategy=_strategy(strategy, model), precision=precision, logger=False, plugins=plugins,
-        gradient_clip_val=grad_clip or None, callbacks=[meter, Checkpoints(out_dir, marks, save_every, tokenizer)],
+        strategy=_strategy(strategy, layers), precision=precision, logger=_logger(wandb), plugins=plugins,
+        gradient_clip_val=grad_clip or None, callbacks=[meter, keeper],
         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=log_every,
         num_sanity_val_steps=0, default_root_dir=str(out_dir), use_distributed_sampler=False,
     )
@@ -390,18 +617,23 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     if not trainer.is_global_zero:
         return {}
     stats, curve = meter.summary(trainer.world_size), meter.curve
+    path = lambda m: str(out_dir / "checkpoints" / f"step-{m:06d}")  # noqa: E731
+    kept = [keeper.best["step"]] if keeper.best else marks
     metrics = {
-        "checkpoint": str(out_dir / "checkpoints" / f"step-{marks[-1]:06d}"),
-        "checkpoints": [{"step": m, "path": str(out_dir / "checkpoints" / f"step-{m:06d}")} for m in marks],
+        "checkpoint": path(kept[-1]),
+        "checkpoints": [{"step": m, "path": path(m), "kept": m in kept} for m in marks],
         "steps": trainer.global_step,
-        "epochs": math.ceil(trainer.global_step * sft.rows_per_step / len(sft.rows)),
+        "epochs": math.ceil(trainer.global_step * sft.plan().batch_size / len(examples)),
         "n_examples": len(examples),
-        "n_rows": len(sft.rows),
-        "rows_per_step": sft.rows_per_step,
+        "examples_per_step": sft.plan().batch_size,
+        "world_size": trainer.world_size,
+        "weights": {"checkpoint_dtype": checkpoint_dtype, "master": "float32", "compute": precision, "saved": str(DTYPES[save_dtype]).removeprefix("torch."),
+                    "kept_checkpoints": keep_checkpoints},
         "train_loss_first": curve[0]["loss"] if curve else None,
         "train_loss_last": curve[-1]["loss"] if curve else None,
         **stats,
         "curve": curve,
+        "fingerprint": fingerprint,
     }
     log.info("fine-tuned %d steps: %.0f tokens/s, padding waste %.1f%%%s", metrics["steps"], stats["tokens_per_s"] or 0,
              100 * (stats["padding_waste"] or 0), f", MFU {100 * stats['mfu']:.1f}%" if stats["mfu"] else "")
@@ -413,4 +645,4 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     spec = json.loads(Path(sys.argv[1]).read_text())
-    _train(spec["model_path"], [tuple(p) for p in spec["pairs"]], Path(sys.argv[1]).parent, **spec["args"])
+    _train(spec["model_path"], [tuple(p) for p in spec["pairs"]], Path(sys.argv[1]).parent, fingerprint=spec.get("fingerprint"), **spec["args"])

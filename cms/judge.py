@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cms import data, sampling
+from cms import data, resume, sampling
 
 RUBRIC = """You check the reasoning of a solution to a math problem whose final answer is already known to be right.
 The solution is VALID when every step follows from the question and the steps before it and every calculation is right.
@@ -68,11 +68,15 @@ def rate(labels: list[Optional[bool]]) -> dict:
 
 def judge(rows: list[dict], out_path: str | Path, *, model_path: str, sampler: dict, template: str = RUBRIC, max_new_tokens: int = 96) -> dict:
     """Judge ``rows`` ({id, question, reference, solution}) greedily; verdicts go to
-    ``out_path`` (jsonl, reused when it exists) and their rate is returned."""
+    ``out_path`` (jsonl, reused when it exists and was judged from the same rows, model and
+    rubric) and their rate is returned."""
     out_path = Path(out_path)
-    if out_path.exists():
+    fp = {"model": str(model_path), "rows": resume.digest(rows), "template": resume.digest(template), "max_new_tokens": max_new_tokens,
+          "backend": sampler.get("backend", "hf"), "dtype": sampler.get("dtype", "auto")}
+    if resume.reuse_file(out_path, fp, "judge verdicts"):
         done = data.read_rows(out_path)
     else:
+        resume.mark(out_path, fp)
         done = []
         if rows:
             prompts = [template.format(question=r["question"], reference=r["reference"], solution=r["solution"]) for r in rows]

@@ -39,7 +39,10 @@ def _looks_local(path: str) -> bool:
 def card_key(card) -> str:
     """A stable identity for a card: part of every cache key that depends on the model."""
     c = _card(card)
-    return json.dumps({k: c.get(k) for k in ("name", "path", "arch", "tiny", "train")}, sort_keys=True, default=str)
+    key = {k: c.get(k) for k in ("name", "path", "arch", "tiny", "train")}
+    if c.get("tiny") and c.get("dtype") not in (None, "auto"):
+        key["dtype"] = c["dtype"]  # a tiny model is built in its card's dtype
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def model_config(card):
@@ -108,6 +111,9 @@ def build_tiny(card, directory: Path, seed: int = 0, tokenizer=None) -> Path:
     config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    dtype = _card(card).get("dtype") or "auto"
+    if dtype != "auto":  # e.g. bfloat16, to test the path real bf16 checkpoints take
+        model = model.to(getattr(torch, dtype))
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -36,15 +36,38 @@ from hydra.experimental.callback import Callback
 from cms import data, estimators
 
 log = logging.getLogger(__name__)
-# what tells two cells of a sweep apart, besides model, setting and seed; shown when it varies
+# what tells two cells of a sweep apart, besides model, setting and seed; shown when it varies. Any other
+# setting of the cells' stored configs that varies (finetune.steps, budget.flops_per_question, family.wc.path,
+# sampler.temperature, ...) separates rows too (``group_fields``), so WC and SE of different settings never pair.
 GROUP = ("dataset", "family", "source", "budget", "match", "se_samples", "ratio", "keep", "lr", "train_limit")
 ALWAYS = ("dataset", "budget")
 BUDGET_POINT = ("budget", "match", "se_samples", "ratio")
+# the config keys GROUP's fields stand for, and the ones that are the report's own axes
+COVERED = {"dataset.name", "family.name", "data.source", "budget.name", "budget.match", "budget.se_samples", "budget.ratio",
+           "data.keep", "finetune.lr", "dataset.train_limit"}
+AXES = ("model.", "setting.", "seed")
 DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr", "fpr_judge", "fpr_human")
 
 
 def load_results(sweep_dir: Path) -> list[dict]:
-    return [{**json.loads(p.read_text()), "_dir": str(p.parent)} for p in sorted(sweep_dir.rglob("results.json"))]
+    """Every finished cell under ``sweep_dir`` (cells set aside by rerun=true under previous/ left out),
+    with the settings of its stored config as ``cfg:<key>`` fields."""
+    out = []
+    for p in sorted(sweep_dir.rglob("results.json")):
+        if "previous" in p.relative_to(sweep_dir).parts:
+            continue
+        r = {**json.loads(p.read_text()), "_dir": str(p.parent)}
+        for k, v in (r.get("fingerprint") or {}).items():
+            if k not in COVERED and not k.startswith(AXES):
+                r[f"cfg:{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        out.append(r)
+    return out
+
+
+def group_fields(results: list[dict]) -> tuple:
+    """GROUP, and every other stored setting whose value differs between cells."""
+    extra = sorted({k for r in results for k in r if k.startswith("cfg:")})
+    return GROUP + tuple(k for k in extra if len({json.dumps(r.get(k), default=str) for r in results}) > 1)
 
 
 def gain(wc: Optional[float], se: Optional[float]) -> Optional[float]:
@@ -75,7 +98,7 @@ def _sorted(groups: dict) -> list:
 
 def varying(results: list[dict]) -> list[str]:
     """The group fields a table shows: dataset and budget, and any other that differs between cells."""
-    return [k for k in GROUP if k in ALWAYS or len({json.dumps(r.get(k)) for r in results}) > 1]
+    return [k for k in group_fields(results) if k in ALWAYS or len({json.dumps(r.get(k), default=str) for r in results}) > 1]
 
 
 def _aggregate(results: list[dict], fields: tuple, metrics) -> list[dict]:
@@ -95,7 +118,7 @@ def _aggregate(results: list[dict], fields: tuple, metrics) -> list[dict]:
 
 def data_rows(results: list[dict]) -> list[dict]:
     """One row per (group, generator): the data it produced, across seeds (one cell per seed suffices)."""
-    return _aggregate([r for r in results if r.get("source") == "sampled"], GROUP + ("model", "generator"), DATA_METRICS)
+    return _aggregate([r for r in results if r.get("source") == "sampled"], group_fields(results) + ("model", "generator"), DATA_METRICS)
 
 
 def _pairs(results: list[dict], fields: tuple) -> list[tuple[dict, list[dict[str, dict]]]]:
@@ -107,22 +130,61 @@ def _pairs(results: list[dict], fields: tuple) -> list[tuple[dict, list[dict[str
 
 
 def accuracy_rows(results: list[dict]) -> list[dict]:
-    """One row per (group, setting): pass@1 with WC data vs SE data and the gain, across seeds."""
+    """One row per (group, setting): pass@1 with WC data vs SE data across the seeds that have both,
+    the relative gain of the means, (mean WC - mean SE) / mean SE, and its paired bootstrap 95%
+    interval over seeds and test questions. A seed with one side missing is left out of both
+    means and named in ``unpaired``."""
     rows = []
-    for head, pairs in _pairs(results, GROUP + ("setting",)):
+    for head, pairs in _pairs(results, group_fields(results) + ("setting",)):
         any_cell = next(iter(pairs[0].values()))
         row = {**head, "learner": any_cell.get("finetuned")}
+        both = [p for p in pairs if p.get("wc", {}).get("accuracy") is not None and p.get("se", {}).get("accuracy") is not None]
         series = {
             "baseline_accuracy": [next(iter(p.values())).get("baseline_accuracy") for p in pairs],
-            "acc_wc_data": [p.get("wc", {}).get("accuracy") for p in pairs],
-            "acc_se_data": [p.get("se", {}).get("accuracy") for p in pairs],
-            "relative_gain": [gain(p.get("wc", {}).get("accuracy"), p.get("se", {}).get("accuracy")) for p in pairs],
+            "acc_wc_data": [p["wc"]["accuracy"] for p in both],
+            "acc_se_data": [p["se"]["accuracy"] for p in both],
         }
         for name, values in series.items():
             row[name], row[name + "_std"], _ = spread(values)
-        row["seeds"] = len(pairs)
+        row["relative_gain"] = gain(row["acc_wc_data"], row["acc_se_data"])
+        row["gain_ci95_low"], row["gain_ci95_high"] = gain_interval(both)
+        row["seeds"] = len(both)
+        row["unpaired"] = "; ".join(f"seed {next(iter(p.values()))['seed']}: no {'WC' if p.get('wc', {}).get('accuracy') is None else 'SE'} result"
+                                    for p in pairs if p not in both)
         rows.append(row)
     return rows
+
+
+def _verdicts(cell: dict) -> Optional[dict[str, int]]:
+    path = Path(cell["_dir"]) / "eval_finetuned.jsonl"
+    return {x["id"]: int(x["verdict"] == "correct") for x in data.read_rows(path)} if path.exists() else None
+
+
+def gain_interval(pairs: list[dict[str, dict]], n: int = 2000, seed: int = 0) -> tuple[Optional[float], Optional[float]]:
+    """Paired bootstrap 95% interval of the relative gain: seeds and test questions resampled together
+    for WC and SE (each seed's two cells answered the same questions); None without per-question outputs."""
+    import numpy as np
+
+    if not pairs:
+        return None, None
+    per = [(_verdicts(p["wc"]), _verdicts(p["se"])) for p in pairs]
+    if any(w is None or s is None for w, s in per):
+        return None, None
+    ids = sorted(per[0][0])
+    if any(sorted(w) != ids or sorted(s) != ids for w, s in per) or not ids:
+        log.warning("the WC and SE cells of a pair answered different test questions: no interval for their gain")
+        return None, None
+    W = np.array([[w[i] for i in ids] for w, _ in per], dtype=float)
+    S = np.array([[s[i] for i in ids] for _, s in per], dtype=float)
+    rng = np.random.default_rng(seed)
+    k, q = W.shape
+    seeds = rng.multinomial(k, np.full(k, 1 / k), size=n)
+    questions = rng.multinomial(q, np.full(q, 1 / q), size=n)
+    wc = np.einsum("bs,sq,bq->b", seeds, W, questions)
+    se = np.einsum("bs,sq,bq->b", seeds, S, questions)
+    ok = se > 0
+    g = (wc[ok] - se[ok]) / se[ok]
+    return (float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))) if len(g) else (None, None)
 
 
 def protocol_metrics(results: list[dict]) -> list[str]:
@@ -135,13 +197,13 @@ def protocol_metrics(results: list[dict]) -> list[str]:
 
 def per_model_rows(results: list[dict], metrics: list[str]) -> list[dict]:
     """One row per (group, setting, data source): ``metrics`` across seeds."""
-    return _aggregate(results, GROUP + ("setting", "model"), metrics)
+    return _aggregate(results, group_fields(results) + ("setting", "model"), metrics)
 
 
 def fpr_rows(results: list[dict]) -> list[dict]:
     """False positives among the fine-tuned models' correct test answers, WC vs SE data, in points."""
     rows = []
-    for head, pairs in _pairs(results, GROUP + ("setting",)):
+    for head, pairs in _pairs(results, group_fields(results) + ("setting",)):
         row = dict(head)
         for how in ("test_fpr", "test_fpr_judge", "test_fpr_human"):
             wc = [p.get("wc", {}).get(how) for p in pairs]
@@ -158,9 +220,10 @@ def fpr_rows(results: list[dict]) -> list[dict]:
 def crossover_rows(results: list[dict]) -> list[dict]:
     """Accuracy against sampling FLOPs per question, one row per (group, setting, budget point),
     when the sweep holds more than one budget point for a group (the crossover study)."""
-    rest = tuple(k for k in GROUP if k not in BUDGET_POINT)
+    point = BUDGET_POINT + tuple(k for k in group_fields(results) if k.startswith("cfg:budget."))
+    rest = tuple(k for k in group_fields(results) if k not in point)
     rows = []
-    for head, cells in _pairs(results, rest + ("setting",) + BUDGET_POINT):
+    for head, cells in _pairs(results, rest + ("setting",) + point):
         flops = {m: spread([c[m]["spent_flops"] / c[m]["n_questions"] for c in cells if m in c and c[m].get("n_questions")])[0] for m in ("wc", "se")}
         samples = {m: next((c[m]["samples_per_question"] for c in cells if m in c), None) for m in ("wc", "se")}
         accs = {m: spread([c.get(m, {}).get("accuracy") for c in cells]) for m in ("wc", "se")}
@@ -198,9 +261,10 @@ def quality_curves(results: list[dict]) -> list[dict]:
     """coverage@k and diversity@k, k = 1..S, per (group, generator) and difficulty level, from the
     stored graded samples of one cell per generator (the lowest seed), with sampling FLOPs per k."""
     first: dict[tuple, dict] = {}
+    fields = group_fields(results)
     for r in sorted(results, key=lambda r: r.get("seed", 0)):
         if r.get("source") == "sampled":
-            first.setdefault(_key(r, GROUP) + (r["model"],), r)
+            first.setdefault(_key(r, fields) + (r["model"],), r)
     out = []
     for key, r in _sorted(first):
         path = Path(r["_dir"]) / "graded.jsonl"
@@ -215,7 +279,7 @@ def quality_curves(results: list[dict]) -> list[dict]:
                 by_level[x["level"]][x["qid"]].append((x["correct"], x["key"]))
         for level, questions in sorted(by_level.items(), key=lambda kv: (kv[0] != "all", kv[0])):
             c = estimators.curves(questions)
-            out.append({**dict(zip(GROUP + ("model",), key)), "generator": r["generator"], "level": level, "questions": len(questions),
+            out.append({**dict(zip(fields + ("model",), key)), "group": list(key[:-1]), "generator": r["generator"], "level": level, "questions": len(questions),
                         "flops_per_sample": per_sample, **c})
     return out
 
@@ -224,14 +288,14 @@ def matched_rows(curves: list[dict]) -> list[dict]:
     """coverage and diversity at the compute-matched points: SE@k against WC@(S_WC/S_SE)k."""
     rows, pair = [], defaultdict(dict)
     for c in curves:
-        pair[_key(c, GROUP) + (c["level"],)][c["model"]] = c
+        pair[tuple(json.dumps(v, default=str) for v in c["group"]) + (c["level"],)][c["model"]] = c
     for key, p in _sorted(pair):
         if "wc" not in p or "se" not in p or not p["se"]["k"]:
             continue
         ratio = max(1, round(len(p["wc"]["k"]) / len(p["se"]["k"])))
         for k in p["se"]["k"]:
             if k * ratio <= len(p["wc"]["k"]):
-                rows.append({**dict(zip(GROUP + ("level",), key)), "k_se": k, "k_wc": k * ratio,
+                rows.append({**{f: v for f, v in p["se"].items() if f in GROUP or f.startswith("cfg:")}, "level": p["se"]["level"], "k_se": k, "k_wc": k * ratio,
                              "coverage_se": p["se"]["coverage"][k - 1], "coverage_wc": p["wc"]["coverage"][k * ratio - 1],
                              "diversity_se": p["se"]["diversity"][k - 1], "diversity_wc": p["wc"]["diversity"][k * ratio - 1]})
     return rows
@@ -249,7 +313,21 @@ def _cell(row: dict, key: str, pct: bool = False, signed: bool = False, points: 
     return f"{100 * value:{'+' if signed else ''}.1f}%" + (f" ± {100 * std:.1f}%" if std is not None else "")
 
 
+def _interval(row: dict) -> str:
+    low, high = row.get("gain_ci95_low"), row.get("gain_ci95_high")
+    return "n/a" if low is None else f"[{100 * low:+.1f}%, {100 * high:+.1f}%]" + (" excludes 0" if low > 0 or high < 0 else "")
+
+
+def duplicates(results: list[dict]) -> list[list[str]]:
+    """Cells that agree on every setting, seed and generator included: only the first of each is used."""
+    seen = defaultdict(list)
+    for r in results:
+        seen[_key(r, group_fields(results) + ("setting", "seed", "model"))].append(r["_dir"])
+    return [dirs for dirs in seen.values() if len(dirs) > 1]
+
+
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    header = [h.removeprefix("cfg:") for h in header]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, line)) + " |" for line in lines] + [""]
 
 
@@ -274,9 +352,10 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
             [_head(r, shown) + [r["level"], r["k_se"], r["k_wc"], f"{100 * r['coverage_se']:.1f}%", f"{100 * r['coverage_wc']:.1f}%",
                                 f"{r['diversity_se']:.3g}", f"{r['diversity_wc']:.3g}"] for r in matched])
     out["pass@1 after fine-tuning"] = (
-        shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain"],
+        shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain", "95% CI (paired bootstrap)", "seeds"],
         [_head(r, shown) + [r["setting"], r["learner"], _cell(r, "baseline_accuracy", True), _cell(r, "acc_wc_data", True),
-                            _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True)] for r in accuracy_rows(results)])
+                            _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True), _interval(r), r["seeds"]]
+         for r in accuracy_rows(results)])
     metrics = protocol_metrics(results)
     if metrics:
         rows = per_model_rows(results, ["accuracy", "pass1_ci95"] + metrics)
@@ -314,6 +393,12 @@ def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: 
         out += [f"## {title}\n"] + _table(header, lines)
         if title.startswith("Crossover"):
             out += crossover_text(crossover_rows(results)) + [""]
+        if title.startswith("pass@1"):
+            out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in accuracy_rows(results) if r["unpaired"]] + [""]
+    dups = duplicates(results)
+    if dups:
+        out += ["## Cells with the same settings\n", "Each group below ran the same settings; only the first is used:\n"]
+        out += [f"- {', '.join(d)}" for d in dups] + [""]
     if figures:
         out.append("## Figures\n")
         out += [f"![{p.stem}](figures/{p.name})\n" for p in figures]
@@ -335,7 +420,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
     rows = accuracy_rows(results)
     if rows:
         fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.6))
-        labels = ["\n".join([r["setting"]] + [str(r.get(k)) if k in ALWAYS else f"{k}={r.get(k)}" for k in shown]) for r in rows]
+        labels = ["\n".join([r["setting"]] + [str(r.get(k)) if k in ALWAYS else f"{k.removeprefix('cfg:')}={r.get(k)}" for k in shown]) for r in rows]
         for j, (m, name) in enumerate((("wc", "acc_wc_data"), ("se", "acc_se_data"))):
             xs = [i + (j - 0.5) * 0.38 for i in range(len(rows))]
             ax.bar(xs, [100 * (r[name] or 0) for r in rows], 0.38, yerr=[100 * (r[name + "_std"] or 0) for r in rows],
@@ -351,7 +436,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
 
     groups = defaultdict(list)
     for c in curves:
-        groups[_key(c, GROUP)].append(c)
+        groups[tuple(json.dumps(v, default=str) for v in c["group"])].append(c)
     for gi, (key, cs) in enumerate(_sorted(groups)):
         questions = {c["level"]: c["questions"] for c in cs}
         levels = sorted(questions, key=lambda lv: (lv != "all", lv))
@@ -374,8 +459,8 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
             axes[0][col].set_ylabel("coverage@k (%)")
             axes[1][col].set_ylabel("diversity@k")
         axes[0][0].legend(fontsize=7)
-        head = dict(zip(GROUP, key))
-        fig.suptitle("coverage@k and diversity@k, dotted: compute-matched budgets — " + ", ".join(f"{k}={head[k]}" for k in shown if k in head), fontsize=9)
+        head = cs[0]
+        fig.suptitle("coverage@k and diversity@k, dotted: compute-matched budgets — " + ", ".join(f"{k.removeprefix('cfg:')}={head[k]}" for k in shown if k in head), fontsize=9)
         fig.tight_layout()
         written.append(out_dir / f"quality_curves{'' if gi == 0 else f'_{gi}'}.png")
         fig.savefig(written[-1], dpi=120)

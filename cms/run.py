@@ -5,7 +5,9 @@ fine-tune the ``setting``'s learner on them, evaluate it.
 
 This module only composes the config and calls the stages in order; each stage
 is a plain function of its own module. Every stage's output lands in the run
-directory (or the shared cache), so re-running a finished cell does no work.
+directory (or the shared cache), so re-running a finished cell does no work. The cell's settings are recorded
+in ``cell.json`` (and in results.json); a run directory that holds a cell of
+other settings is refused, not reused, unless ``rerun=true``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, sampling, tracking
+from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, resume, sampling, tracking
 
 log = logging.getLogger("cms")
 config.register()
@@ -39,10 +41,11 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     config.validate(cfg)
     _writable(run_dir, "the run directory: point paths.output_dir (CMS_OUTPUT_DIR) or hydra.run.dir")
     _writable(Path(cfg.paths.cache_dir), "the cache: point paths.cache_dir (CMS_CACHE_DIR)")
+    c = OmegaConf.to_container(cfg, resolve=True)
+    fingerprint = _claim(run_dir, c)
     if (run_dir / "results.json").exists():
         log.info("cell already finished: %s", run_dir / "results.json")
         return json.loads((run_dir / "results.json").read_text())
-    c = OmegaConf.to_container(cfg, resolve=True)
     family, ds, cache = c["family"], c["dataset"], Path(c["paths"]["cache_dir"]).absolute()
     transfer = {name: config.dataset_group(name) for name in c["evaluation"]["transfer"]}  # a wrong name fails now, not after training
     role, learner = c["model"]["role"], c["setting"]["learner"]
@@ -53,10 +56,11 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     plan = budget.plan(
         role, params, match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"],
         prices={r: family[r]["price_per_mtok"] for r in ("wc", "se")}, solution_tokens=ds["assumed_solution_tokens"],
-        max_samples=b["max_samples_per_question"], ratio=b["ratio"],
+        max_samples=b["max_samples_per_question"], ratio=b["ratio"], rounding=b["rounding"],
     )
-    log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g)",
-             b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"])
+    log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g%s)",
+             b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"],
+             f", WC:SE ratio {plan.ratio_exact:.3f} drawn as {plan.ratio_used:g}" if plan.ratio_exact else "")
 
     exemplars, questions, val = data.split_exemplars(_split(c, ds, "train_split"), ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
     test = _split(c, ds, "test_split", ds["test_limit"])
@@ -73,7 +77,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         prompts = [fmt.prompt(q, exemplars) for q in questions]
         rows, _, store = sampling.run(
             generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
-            sampler=c["sampler"], decoding=decoding, seed=c["seed"], cache_dir=cache,
+            sampler=_sampler_for(c["sampler"], generator), decoding=decoding, seed=c["seed"], cache_dir=cache,
             key_parts={"dataset": ds["name"], "split": ds["train_split"], "prompts": sampling.cache_key(p=prompts)},
             worker=c["sampler"]["worker"], workers=c["sampler"]["workers"],
         )
@@ -95,19 +99,29 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     baseline = None
     if ev["baseline"]:
         shots = ds["num_shots"] if ev["baseline_shots"] is None else ev["baseline_shots"]
-        key = sampling.cache_key(model=models.card_key(learner_card), test=[r.id for r in test], shots=shots,
-                                 ex=[e.id for e in exemplars], ds=ds, backend=c["sampler"]["backend"])
-        baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **eval_args)
+        base_args = {**eval_args, "sampler": _sampler_for(eval_args["sampler"], learner_card)}
+        key = sampling.cache_key(card=models.card_key(learner_card), test=[r.id for r in test], shots=shots, ex=[e.id for e in exemplars],
+                                 ds=ds, **evaluation.fingerprint(learner_path, [], [], **base_args))
+        baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **base_args)
 
     fpr_judge = _judge(c["judge"], family, c["sampler"], cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")
-    finetuned, final, selected, protocols = None, None, None, {}
+    tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group,
+                               key=resume.digest(fingerprint))
+    finetuned, final, selected, protocols, changed = None, None, None, {}, None
     if kept:
         pairs = [(fmt.prompt(data.Record(k["qid"], k["question"], "", "")), fmt.completion(k["solution"])) for k in kept]
-        finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], **c["finetune"])
-        selected = evaluation.select(finetuned["checkpoints"], val, exemplars[: ev["finetuned_shots"]],
-                                     out_dir=run_dir / "validation", **eval_args)
-        final = evaluation.run(selected["path"], test, exemplars[: ev["finetuned_shots"]],
-                               out_path=run_dir / "eval_finetuned.jsonl", **eval_args)
+        ft, shots = c["finetune"], exemplars[: ev["finetuned_shots"]]
+        in_process = ft["strategy"]["devices"] == 1 and ft["strategy"]["num_nodes"] == 1
+        validate = evaluation.validation_spec(val, shots, run_dir / "validation", **eval_args) if ft["keep_checkpoints"] == "best" else None
+        finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], validate=validate,
+                                   wandb=tracker.lightning(in_process), **ft)
+        if not in_process:
+            tracker.open()
+        selected = evaluation.select(finetuned["checkpoints"], val, shots, out_dir=run_dir / "validation", **eval_args)
+        changed = finetuning.changed_fraction(learner_path, selected["path"])
+        log.info("%.2f%% of the parameters of the selected checkpoint differ from %s (finetune.save_dtype=%s)",
+                 100 * changed, learner_card["name"], ft["save_dtype"])
+        final = evaluation.run(selected["path"], test, shots, out_path=run_dir / "eval_finetuned.jsonl", **eval_args)
         protocols = _protocols(c, selected["path"], test, exemplars, transfer, run_dir, eval_args, cache)
     else:
         log.error("no solution from %s graded correct (%d samples): nothing to fine-tune on, so accuracy is n/a. "
@@ -120,6 +134,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "generator": generator["name"], "finetuned": learner_card["name"],
         "generator_params": params[role], "finetuned_params": models.count_params(learner_card),
         "match": b["match"], "se_samples": b["se_samples"], "ratio": b["ratio"], "keep": c["data"]["keep"],
+        "rounding": b["rounding"], "ratio_exact": plan.ratio_exact, "ratio_used": plan.ratio_used,
         "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"],
         "samples_per_question": plan.samples_per_question,
         "planned_flops": plan.planned_flops_per_question * n_q,
@@ -135,19 +150,47 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "val_accuracy": selected["val_accuracy"] if selected else None,
         "n_val": len(val),
         "finetune_steps": finetuned["steps"] if finetuned else None,
-        **{k: finetuned[k] if finetuned else None for k in ("tokens_per_s", "mfu", "padding_waste")},
+        **{k: finetuned[k] if finetuned else None for k in ("tokens_per_s", "mfu", "padding_waste", "weights")},
+        "changed_fraction": changed,
         "fpr_judge": fpr_judge["fpr"], "n_judged": fpr_judge["n"], "judge_unparsed": fpr_judge["unlabelled"],
         **protocols,
+        "config": c,
+        "fingerprint": fingerprint,
     }
     data.write_json(run_dir / "results.json", results)
     log.info("results: %s", run_dir / "results.json")
 
-    tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group)
-    tracker.curve(finetuned["curve"] if finetuned else [])
     tracker.table("samples", [{"question": k["question"], "solution": k["solution"]} for k in kept[: c["logger"]["table_rows"]]])
     tracker.summary(results)
     tracker.finish()
     return results
+
+
+def _claim(run_dir: Path, c: dict) -> dict:
+    """Record this cell's settings in ``run_dir/cell.json``, or refuse a directory that holds a cell of
+    other settings (``rerun=true`` moves those outputs to ``previous/`` and goes on)."""
+    fingerprint, record, hydra = config.cell_fingerprint(c), run_dir / "cell.json", run_dir / ".hydra"
+    stored = json.loads(record.read_text()) if record.exists() else None
+    started = stored is not None or any(p.name not in resume.KEEP and p.suffix != ".log" for p in run_dir.iterdir())
+    if started:
+        try:
+            resume.check(stored and stored.get("fingerprint"), fingerprint, run_dir, "a cell")
+            return fingerprint
+        except resume.StaleError:
+            if not c["rerun"]:
+                for name, text in (stored or {}).get("hydra", {}).items():  # Hydra rewrote the cell's record: put it back
+                    (hydra / name).write_text(text)
+                raise
+        moved = resume.set_aside(run_dir)
+        log.warning("rerun=true: the outputs of this cell's earlier settings moved to %s; recomputing", moved)
+    texts = {p.name: p.read_text() for p in sorted(hydra.glob("*.yaml"))} if hydra.is_dir() else {}
+    data.write_json(record, {"fingerprint": fingerprint, "hydra": texts})
+    return fingerprint
+
+
+def _sampler_for(sampler: dict, card: dict) -> dict:
+    """The sampler config for a family card's model: its ``dtype`` unless ``sampler.dtype`` names one."""
+    return {**sampler, "dtype": card.get("dtype") or "auto"} if sampler.get("dtype", "auto") == "auto" else sampler
 
 
 def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:
@@ -158,8 +201,9 @@ def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:
 
 def _eval_args(c: dict, ds: dict) -> dict:
     """How evaluation prompts, decodes and grades on a dataset group."""
+    sampler = {**c["sampler"], "batch_size": c["evaluation"]["batch_size"] or c["sampler"]["batch_size"]}
     return dict(fmt=ds["answer_format"], prompt_format=data.PromptFormat(ds["question_template"], ds["solution_template"]),
-                sampler=c["sampler"], stop=ds["stop"], max_new_tokens=c["evaluation"]["max_new_tokens"] or ds["max_new_tokens"],
+                sampler=sampler, stop=ds["stop"], max_new_tokens=c["evaluation"]["max_new_tokens"] or ds["max_new_tokens"],
                 grading_cfg=c["grading"])
 
 
@@ -170,7 +214,7 @@ def _judge(jc: dict, family: dict, sampler: dict, cache: Path, rows: list[dict],
         return judge.rate([])
     path = models.resolve(card, cache)
     return judge.judge(judge.pick(rows, jc["subset"], jc["seed"]), out_path, model_path=path,
-                       sampler={**sampler, "backend": jc["backend"] or sampler["backend"]},
+                       sampler=_sampler_for({**sampler, "backend": jc["backend"] or sampler["backend"]}, card),
                        template=jc["template"] or judge.RUBRIC, max_new_tokens=jc["max_new_tokens"])
 
 

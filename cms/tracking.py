@@ -1,7 +1,9 @@
 """wandb logging that can never cost a run its results.
 
 Offline by default (``logger.mode=offline``: files under the run directory, no
-network). Every wandb call is guarded: if wandb fails to start or to log, the
+network). The run opens when the cell starts; fine-tuning logs its loss, lr and
+tokens/s to it live through Lightning's WandbLogger (every ``finetune.log_every``
+steps). Every wandb call is guarded: if wandb fails to start or to log, the
 failure is logged as a warning and the run goes on; results.json is written
 before anything is sent to wandb.
 """
@@ -17,22 +19,41 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    def __init__(self, cfg: dict, run_dir: Path, config: dict, name: str, group: Optional[str]):
+    """The cell's wandb run, opened before fine-tuning so the training curves arrive live."""
+
+    def __init__(self, cfg: dict, run_dir: Path, config: dict, name: str, group: Optional[str], key: str = ""):
         self.run = None
         if cfg["backend"] == "none" or cfg["mode"] == "disabled":
             return
+        # one id per (run directory, settings): a requeued job resumes its wandb run instead of starting
+        # a second; a rerun with other settings (rerun=true) gets a run of its own
+        self.options = dict(
+            project=cfg["project"], entity=cfg.get("entity"), mode=cfg["mode"], dir=str(run_dir),
+            name=name, group=cfg.get("group") or group, tags=list(cfg.get("tags") or []),
+            id=hashlib.sha256(f"{run_dir.resolve()}:{key}".encode()).hexdigest()[:16], resume="allow",
+        )
+        self.config, self.timeout = config, cfg.get("init_timeout_s", 60)
+        self.open()
+
+    def open(self) -> None:
         try:
             import wandb
 
-            self.run = wandb.init(
-                project=cfg["project"], entity=cfg.get("entity"), mode=cfg["mode"], dir=str(run_dir),
-                name=name, group=cfg.get("group") or group, tags=list(cfg.get("tags") or []), config=config,
-                # one id per run directory: a requeued job resumes its wandb run instead of starting a second
-                id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16], resume="allow",
-                settings=wandb.Settings(init_timeout=cfg.get("init_timeout_s", 60), silent=True),
-            )
+            self.run = wandb.init(**self.options, config=self.config, settings=wandb.Settings(init_timeout=self.timeout, silent=True))
         except Exception as err:  # wandb raises many kinds; none may cost the run its results
             log.warning("wandb failed to start (%s: %s); results stay in results.json", err.__class__.__name__, err)
+
+    def lightning(self, in_process: bool) -> Optional[dict]:
+        """Arguments of Lightning's WandbLogger that log to this run. Fine-tuning in this process
+        shares the open run; fine-tuning processes of their own get its id (resume="allow") while
+        this process lets go of it until ``open`` is called again."""
+        if self.run is None:
+            return None
+        if in_process:
+            return {"experiment": self.run}
+        self.finish()
+        self.run = None
+        return {k: v for k, v in self.options.items() if k != "entity" or v} | {"log_model": False}
 
     def _guard(self, what: str, fn) -> None:
         if self.run is None:
@@ -41,9 +62,6 @@ class Tracker:
             fn()
         except Exception as err:
             log.warning("wandb %s failed (%s: %s); results stay in results.json", what, err.__class__.__name__, err)
-
-    def curve(self, points: list[dict]) -> None:
-        self._guard("log", lambda: [self.run.log({"train/loss": p["loss"], "train/lr": p["lr"]}, step=p["step"]) for p in points])
 
     def table(self, key: str, rows: list[dict]) -> None:
         def send():

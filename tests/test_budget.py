@@ -13,7 +13,7 @@ def test_flops_of_a_sample():
 def test_compute_matched_gives_wc_the_parameter_ratio():
     assert budget.samples_per_question("se", PARAMS, se_samples=1) == 1
     assert budget.samples_per_question("wc", PARAMS, se_samples=1) == 3
-    assert budget.samples_per_question("wc", PARAMS, se_samples=10) == 29  # 10 * 2.944
+    assert budget.samples_per_question("wc", PARAMS, se_samples=10) == 30  # the paper's: 10 * round(2.944)
     assert budget.samples_per_question("wc", {"wc": 1.0, "se": 5.0}, se_samples=2) == 10
 
 
@@ -71,3 +71,24 @@ def test_gemma2_trio_counted_offline():
 def test_tiny_family_sizes_differ(tiny_family):
     sizes = {r: count_params(tiny_family[r]) for r in ("wc", "se", "student")}
     assert sizes["student"] < sizes["wc"] < sizes["se"]
+
+
+def test_the_paper_rounds_the_ratio_first_and_halves_round_up():
+    """budget=high on Gemma2 9B/27B: the paper drew 30 WC samples (10 x 3), not 29 (round(10 x 2.946))."""
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+
+    gemma = OmegaConf.load(ROOT / "conf" / "family" / "gemma2.yaml")
+    params = {r: count_params(OmegaConf.to_container(gemma[r])) for r in ("wc", "se")}
+    assert budget.samples_per_question("wc", params, se_samples=10) == 30
+    assert budget.samples_per_question("wc", params, se_samples=10, rounding="samples") == 29
+    plan = budget.plan("wc", params, solution_tokens=256, se_samples=10)
+    assert plan.ratio_used == 3 and 2.9 < plan.ratio_exact < 3.0
+    # halves round up, not to even (Python's round(2.5) is 2)
+    assert budget.samples_per_question("wc", PARAMS, se_samples=1, ratio=2.5) == 3
+    assert budget.samples_per_question("wc", PARAMS, se_samples=1, ratio=2.5, rounding="samples") == 3
+    assert budget.samples_per_question("wc", PARAMS, se_samples=3, ratio=2.5, rounding="samples") == 8  # 7.5 up
+    assert budget.samples_per_question("wc", PARAMS, se_samples=3, ratio=2.5) == 9  # 3 x 3
+    with pytest.raises(budget.BudgetError, match="budget.rounding"):
+        budget.samples_per_question("wc", PARAMS, rounding="floor")

@@ -106,9 +106,11 @@ def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
     model = models.load_model(str(models.build_tiny(tiny, Path(__import__("tempfile").mkdtemp()) / "m")), device="cpu")
     fsdp = compose_with(["finetune=paper", "finetune/strategy=fsdp"]).finetune.strategy
     assert fsdp.devices == 8 and fsdp.activation_checkpointing
-    built = finetuning._strategy(OmegaConf.to_container(fsdp), model)
+    built = finetuning._strategy(OmegaConf.to_container(fsdp), finetuning.decoder_layers(model))
     assert type(built).__name__ == "FSDPStrategy"
     assert {c.__name__ for c in built.kwargs["auto_wrap_policy"]._module_classes} == {"LlamaDecoderLayer"}
+    # ranks other than 0 start on the meta device and get rank 0's weights when the model is sharded
+    assert built.kwargs["sync_module_states"] and built.kwargs["param_init_fn"] is finetuning._materialize
     assert built.sharding_strategy.name == "FULL_SHARD" and built._activation_checkpointing_kwargs
     multi = compose_with(["finetune/strategy=multinode"]).finetune.strategy
     assert multi.num_nodes == 2 and multi.sharding == "HYBRID_SHARD"
