@@ -545,18 +545,22 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
 
 def srun_command(strategy: dict, cmd: list[str]) -> list[str]:
     """``cmd`` started once per device on every node of the cell's SLURM allocation. The cell itself runs
-    as a job step, so the nested step needs ``--overlap`` to share its resources (SLURM >= 20.11)."""
-    return ["srun", f"--nodes={strategy['num_nodes']}", f"--ntasks-per-node={strategy['devices']}", "--overlap",
+    as a job step holding the allocation, so the nested step must share it: ``--overlap`` (SLURM >= 20.11;
+    without it the step waits forever) and ``--mem=0`` (the outer step holds the job's memory). ``--ntasks``
+    is explicit because the outer step's SLURM_NTASKS (1) would otherwise cap it. Checked on a real
+    SLURM 22.05 (tests/test_slurm.py)."""
+    nodes, devices = strategy.get("num_nodes", 1), strategy.get("devices", 1)
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes * devices}", f"--ntasks-per-node={devices}", "--overlap", "--mem=0",
             "--kill-on-bad-exit=1", *cmd]
 
 
 def _launch(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, args: dict, fingerprint: dict) -> dict:
-    """Run the training in its own process(es): Lightning starts one rank per device; across nodes, srun starts them."""
+    """Run the training in its own process(es): Lightning starts one rank per device; in a SLURM allocation, srun does."""
     spec = out_dir / "spec.json"
     spec.write_text(json.dumps({"model_path": model_path, "pairs": pairs, "args": args, "fingerprint": fingerprint}))
     cmd = [sys.executable, "-m", "cms.finetuning", str(spec)]
     st = args["strategy"]
-    if st.get("num_nodes", 1) > 1:
+    if st.get("num_nodes", 1) > 1 or "SLURM_JOB_ID" in os.environ:  # in an allocation, SLURM starts the ranks
         cmd = srun_command(st, cmd)
     log.info("fine-tuning on %d node(s) x %d device(s): %s", st.get("num_nodes", 1), st.get("devices", 1), " ".join(cmd))
     rc = subprocess.run(cmd).returncode

@@ -116,3 +116,22 @@ def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
     assert multi.num_nodes == 2 and multi.sharding == "HYBRID_SHARD"
     with pytest.raises(ValueError, match="finetune.strategy.name"):
         config.validate(compose_with(["finetune.strategy.name=deepspeed"]))
+
+
+def test_every_schema_key_is_read_somewhere():
+    """A setting nothing reads does nothing (family.*.dtype, evaluation.batch_size and finetune.log_every
+    once were such): every field of the schema is named in code outside the schema, or in the configs'
+    interpolations."""
+    import dataclasses
+    import re
+
+    code = [p for p in (ROOT / "cms").glob("*.py") if p.name != "config.py"] + list((ROOT / "hydra_plugins").rglob("*.py"))
+    text = "\n".join(p.read_text() for p in code) + "\n".join(p.read_text() for p in CONF.rglob("*.yaml") if "${" in p.read_text())
+    unread = []
+    for cls in (obj for obj in vars(config).values() if dataclasses.is_dataclass(obj)):
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
+                continue  # a group: its own fields are checked
+            if not re.search(r"(?<![\w])" + re.escape(f.name) + r"(?![\w])", text):
+                unread.append(f"{cls.__name__}.{f.name}")
+    assert not unread, unread

@@ -36,6 +36,13 @@ def test_reference_finetuning_lowers_loss_and_checkpoint_evaluates(tiny_family, 
                             stop=["Question:"], sampler={"backend": "hf", "batch_size": 4}, out_path=tmp_path / "eval.jsonl")
     assert result["n"] == 4 and 0.0 <= result["accuracy"] <= 1.0
     assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == 4
+    # a finished evaluation is reused; asked with other decoding or questions, it is refused
+    again = dict(fmt="gsm8k", prompt_format=FMT, max_new_tokens=8, stop=["Question:"], sampler={"backend": "hf", "batch_size": 4}, out_path=tmp_path / "eval.jsonl")
+    assert evaluation.run(metrics["checkpoint"], test, [], **again) == result
+    with pytest.raises(resume.StaleError, match="max_new_tokens: 8 -> 16"):
+        evaluation.run(metrics["checkpoint"], test, [], **{**again, "max_new_tokens": 16})
+    with pytest.raises(resume.StaleError, match="questions"):
+        evaluation.run(metrics["checkpoint"], test[:3], [], **again)
     # finished work is not redone; asked with other settings, it is refused, never returned
     same = dict(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, max_length=1024, seed=0, checkpoints=3)
     assert finetuning.run(path, gsm8k_pairs(16), tmp_path / "ft", **same) == metrics

@@ -1,13 +1,27 @@
-"""GPU paths: vLLM sampling and bf16 fine-tuning. Skipped without CUDA (and vLLM)."""
+"""GPU paths: vLLM sampling and bf16 fine-tuning. Skipped without CUDA (and vLLM), but for the GPU
+proof's CPU run at tiny size, which keeps benchmarks/gpu.py working between lent GPUs."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from cms import finetuning, models, sampling
+from conftest import ROOT
 
-pytestmark = pytest.mark.gpu
+
+def test_the_gpu_proof_runs_at_tiny_size_on_a_cpu(env):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--size", "tiny", "--steps", "3", "--batch", "4",
+                           "--questions", "4", "--samples", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    changed = next(line for line in lines if line.startswith("exported parameters changed"))
+    assert float(changed.rsplit(": ", 1)[1].rstrip("%")) > 99  # bf16-stored model, lr 1e-6, fp32 master weights and export
+    assert any(line.startswith("HF sampler:") for line in lines) and lines[-1].startswith("fsdp/single tokens per second")
 
 
+@pytest.mark.gpu
 def test_vllm_sampler_draws_n_per_prompt_and_frees_the_gpu(tiny_family, tmp_path):
     pytest.importorskip("vllm", reason="vLLM not installed: pip install -e '.[gpu]'")
     path = models.resolve(tiny_family["se"], tmp_path)
@@ -20,6 +34,7 @@ def test_vllm_sampler_draws_n_per_prompt_and_frees_the_gpu(tiny_family, tmp_path
     assert free / total > 0.8
 
 
+@pytest.mark.gpu
 def test_bf16_finetuning_on_gpu(tiny_family, tmp_path):
     path = models.resolve(tiny_family["wc"], tmp_path)
     pairs = [(f"Question: {i}+1?\nAnswer:", f" {i + 1}\n\n") for i in range(32)]
@@ -28,6 +43,7 @@ def test_bf16_finetuning_on_gpu(tiny_family, tmp_path):
     assert metrics["mfu"] is None or 0 < metrics["mfu"] < 1  # known GPUs get a peak, hence an MFU
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs at least 2 GPUs")
 def test_fsdp_preset_across_the_gpus_of_a_node(tiny_family, tmp_path):
     path = models.resolve(tiny_family["wc"], tmp_path)

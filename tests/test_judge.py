@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cms import arith, filtering, finetuning, judge, models, run
+from cms import arith, filtering, finetuning, judge, models, resume, run
 from test_run import compose_cell
 
 
@@ -41,7 +41,7 @@ def corrupted(records, rng):
     return rows
 
 
-def test_a_local_judge_runs_end_to_end_and_its_verdicts_are_parsed(tiny_family, tmp_path):
+def test_a_local_judge_runs_end_to_end_and_its_verdicts_are_parsed(tiny_family, tmp_path, monkeypatch):
     """A tiny model fine-tuned for a few steps to answer VALID/INVALID after the rubric: its
     verdicts are poor, but they come back parsed and counted."""
     rng = random.Random(0)
@@ -58,8 +58,14 @@ def test_a_local_judge_runs_end_to_end_and_its_verdicts_are_parsed(tiny_family, 
     assert all(v["valid"] is judge.parse(v["output"]) for v in verdicts)
     assert rate["n"] == sum(v["valid"] is not None for v in verdicts) >= 15  # it learned the format
     assert rate["fpr"] == pytest.approx(sum(v["valid"] is False for v in verdicts) / rate["n"])
-    # stored verdicts are reused, not judged again
-    assert judge.judge(held, out, model_path="/nonexistent", sampler={"backend": "hf"}) == rate
+    # stored verdicts are reused, not judged again; verdicts of other rows or another judge are refused
+    same = dict(model_path=trained["checkpoint"], sampler={"backend": "hf", "batch_size": 8}, max_new_tokens=12)
+    monkeypatch.setattr(judge.sampling, "from_config", lambda *a, **k: pytest.fail("judged again"))
+    assert judge.judge(held, out, **same) == rate
+    with pytest.raises(resume.StaleError, match="rows"):
+        judge.judge(held[:-1], out, **same)
+    with pytest.raises(resume.StaleError, match="model"):
+        judge.judge(held, out, **{**same, "model_path": base})
 
 
 def test_judge_in_a_cell_with_the_familys_model(env, tmp_path):

@@ -1,27 +1,82 @@
-from cms import report
+import json
+import random
+
+from cms import data, report
 
 
-def cell(model, setting, seed, acc, coverage=0.5):
+def cell(model, setting, seed, acc, coverage=0.5, **fingerprint):
     return {"model": model, "setting": setting, "seed": seed, "dataset": "arith", "budget": "low", "family": "toy",
             "source": "sampled", "generator": f"toy-{model}", "finetuned": "toy-student", "accuracy": acc,
             "baseline_accuracy": 0.1, "samples_per_question": 5 if model == "wc" else 1, "sample_accuracy": 0.2,
-            "coverage": coverage, "diversity": 1.0, "fpr": 0.1}
+            "coverage": coverage, "diversity": 1.0, "fpr": 0.1, "_dir": "/nonexistent",
+            "fingerprint": {"model.role": model, "seed": seed, "setting.name": setting, "sampler.temperature": 0.7, **fingerprint}}
 
 
-def test_relative_gain_and_spread_across_seeds():
-    results = [cell("wc", "kd", 0, 0.30), cell("se", "kd", 0, 0.20), cell("wc", "kd", 1, 0.20), cell("se", "kd", 1, 0.20)]
+def sweep(tmp_path, cells, correct=None):
+    """Write each cell's results.json (and, with ``correct``, its per-question test outputs) and load them back."""
+    for i, c in enumerate(cells):
+        d = tmp_path / f"{i}_{c['model']}_{c['setting']}"
+        d.mkdir(parents=True)
+        data.write_json(d / "results.json", {k: v for k, v in c.items() if k != "_dir"})
+        if correct:
+            data.write_rows(d / "eval_finetuned.jsonl", [{"id": f"q{j}", "verdict": "correct" if ok else "wrong"}
+                                                         for j, ok in enumerate(correct[i])])
+    return report.load_results(tmp_path)
+
+
+def test_relative_gain_is_of_the_mean_accuracies():
+    results = [cell("wc", "kd", 0, 0.30), cell("se", "kd", 0, 0.20), cell("wc", "kd", 1, 0.10), cell("se", "kd", 1, 0.10)]
     [row] = report.accuracy_rows(results)
     assert row["seeds"] == 2
-    assert abs(row["relative_gain"] - 0.25) < 1e-9  # mean of +50% and 0%
-    assert abs(row["relative_gain_std"] - 0.3535533905932738) < 1e-9
-    assert abs(row["acc_wc_data"] - 0.25) < 1e-9 and row["acc_se_data_std"] == 0.0
-    data = {r["model"]: r for r in report.data_rows(results)}
-    assert data["wc"]["samples_per_question"] == 5 and data["se"]["coverage"] == 0.5
+    assert abs(row["relative_gain"] - (0.20 - 0.15) / 0.15) < 1e-9  # not the mean of +50% and 0%
+    assert abs(row["acc_wc_data"] - 0.20) < 1e-9 and row["acc_se_data_std"] > 0
+    data_rows = {r["model"]: r for r in report.data_rows(results)}
+    assert data_rows["wc"]["samples_per_question"] == 5 and data_rows["se"]["coverage"] == 0.5
     text = report.markdown(results)
-    assert "+25.0% ± 35.4%" in text and "mean ± standard deviation" in text
+    assert "+33.3%" in text and "mean ± standard deviation" in text
 
 
-def test_missing_accuracy_is_na_not_a_crash(tmp_path):
-    results = [cell("wc", "kd", 0, None), cell("se", "kd", 0, 0.2)]
+def test_a_seed_missing_one_side_is_left_out_of_both_means_and_named():
+    results = [cell("wc", "kd", 0, 0.30), cell("se", "kd", 0, 0.20), cell("wc", "kd", 1, 0.90), cell("se", "kd", 1, None)]
     [row] = report.accuracy_rows(results)
-    assert row["relative_gain"] is None and "n/a" in report.markdown(results)
+    assert row["seeds"] == 1 and abs(row["acc_wc_data"] - 0.30) < 1e-9 and abs(row["relative_gain"] - 0.5) < 1e-9
+    assert row["unpaired"] == "seed 1: no SE result"
+    assert "seed 1: no SE result" in report.markdown(results)
+    [alone] = report.accuracy_rows([cell("wc", "kd", 0, None), cell("se", "kd", 0, 0.2)])
+    assert alone["relative_gain"] is None and "n/a" in report.markdown([cell("wc", "kd", 0, None), cell("se", "kd", 0, 0.2)])
+
+
+def test_cells_that_differ_in_a_setting_outside_the_fixed_list_are_not_paired(tmp_path):
+    """A sweep over finetune.steps (or budget.flops_per_question, a model path, the temperature): before,
+    WC of one value was paired with SE of another in one row."""
+    cells = [cell(m, "kd", 0, acc, **{"finetune.steps": steps})
+             for m, acc, steps in (("wc", 0.3, 100), ("se", 0.2, 100), ("wc", 0.5, 600), ("se", 0.6, 600))]
+    results = sweep(tmp_path, cells)
+    rows = report.accuracy_rows(results)
+    assert [(r["cfg:finetune.steps"], r["acc_wc_data"], r["acc_se_data"]) for r in rows] == [(100, 0.3, 0.2), (600, 0.5, 0.6)]
+    assert "| dataset | budget | finetune.steps | setting |" in report.markdown(results)
+    # the same settings twice are reported, not silently merged
+    dup = sweep(tmp_path / "dup", [cell("wc", "kd", 0, 0.3), cell("wc", "kd", 0, 0.4), cell("se", "kd", 0, 0.2)])
+    assert len(report.duplicates(dup)) == 1 and "Cells with the same settings" in report.markdown(dup)
+
+
+def test_paired_bootstrap_interval_over_seeds_and_questions(tmp_path):
+    rng = random.Random(0)
+    n = 200
+    correct, cells = [], []
+    for seed in range(3):
+        for model, p in (("wc", 0.6), ("se", 0.4)):
+            answers = [rng.random() < p for _ in range(n)]
+            correct.append(answers)
+            cells.append(cell(model, "kd", seed, sum(answers) / n))
+    [row] = report.accuracy_rows(sweep(tmp_path / "a", cells, correct))
+    low, high = row["gain_ci95_low"], row["gain_ci95_high"]
+    assert low < row["relative_gain"] < high and low > 0  # a 0.6 vs 0.4 gap on 600 answers a side is clear
+    assert high - low < 0.5
+    # the same answers on both sides: an interval around 0
+    same = [correct[i - i % 2] for i in range(len(cells))]
+    cells_same = [{**c, "accuracy": sum(same[i]) / n} for i, c in enumerate(cells)]
+    [flat] = report.accuracy_rows(sweep(tmp_path / "b", cells_same, same))
+    assert flat["relative_gain"] == 0 and flat["gain_ci95_low"] == 0 == flat["gain_ci95_high"]
+    assert "excludes 0" in report.markdown(sweep(tmp_path / "c", cells, correct))
+    assert json.dumps(row)  # summary.csv-able

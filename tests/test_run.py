@@ -4,10 +4,12 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from cms import run
 from conftest import ROOT
@@ -112,3 +114,87 @@ def test_default_toy_grid_trains_models_once_and_reports(env, tmp_path):
         assert part in summary
     again = cms_run(["model=se", "setting=kd", "seed=1"] + TOY_SMALL, env, tmp_path)
     assert "training toy model" not in again
+
+
+def test_a_cell_of_other_settings_is_refused_and_rerun_recomputes_it(env, tmp_path):
+    """Seed 0 into a sweep dir, then the same dir with seed=1 budget=high finetune.lr=5e-4: the old
+    results are never returned; the message names what differs and both fixes; the cell's record
+    (.hydra/config.yaml) still matches its results; rerun=true recomputes and keeps the old outputs."""
+    sweep = tmp_path / "sweep"
+    base = ["-m", "model=wc", "setting=kd", "family=tiny", "debug=smoke", "dataset=gsm8k", "logger=none", f"hydra.sweep.dir={sweep}"]
+    cms_run(base, env, tmp_path)
+    cell = sweep / "0_wc_kd"
+    first = (cell / "results.json").read_text()
+    record = (cell / ".hydra" / "config.yaml").read_text()
+    assert json.loads(first)["config"]["seed"] == 0 and json.loads(first)["fingerprint"]["budget.name"] == "low"
+    assert "cell already finished" in cms_run(base, env, tmp_path)  # the same settings: reused
+    changed = ["seed=1", "budget=high", "finetune.lr=5e-4"]
+    proc = subprocess.run([sys.executable, "-m", "cms.run", *base, *changed], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    message = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "StaleError" in message
+    for part in ("seed: 0 -> 1", "budget.name: 'low' -> 'high'", "finetune.lr: 0.001 -> 0.0005", "new directory", "rerun=true"):
+        assert part in message, part
+    assert (cell / "results.json").read_text() == first and (cell / ".hydra" / "config.yaml").read_text() == record
+    cms_run(base + changed + ["rerun=true"], env, tmp_path)
+    now = json.loads((cell / "results.json").read_text())
+    assert (now["seed"], now["budget"], now["lr"]) == (1, "high", 5e-4)
+    [kept] = (cell / "previous").glob("*/results.json")
+    assert kept.read_text() == first
+    assert OmegaConf.load(cell / ".hydra" / "config.yaml").budget.name == "high"
+
+
+def _logged_steps(path: Path) -> list[int]:
+    """The trainer/global_step values of the history rows in a wandb offline run file (protobuf: the
+    key, then value_json as field 16: bytes 0x82 0x01, a length byte and the digits)."""
+    import re
+
+    return [int(s) for s in re.findall(rb"trainer/global_step\x82\x01[\x01-\x7f](\d+)", path.read_bytes())]
+
+
+def test_training_curves_reach_wandb_while_the_cell_trains(env, tmp_path):
+    run_dir = tmp_path / "cell"
+    cmd = [sys.executable, "-m", "cms.run", "family=tiny", "dataset=gsm8k", "debug=smoke", "setting=kd", "data.source=reference",
+           "finetune.steps=300", "finetune.log_every=1", "finetune.checkpoints=1", "finetune.val_size=0", "evaluation.baseline=false",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []  # (steps logged so far, max step) while fine-tuning has not finished
+    try:
+        while proc.poll() is None:
+            files = list(run_dir.glob("wandb/offline-run-*/*.wandb"))
+            if files and not (run_dir / "finetune" / "finetune.json").exists():
+                steps = _logged_steps(files[0])
+                if steps and not (run_dir / "finetune" / "finetune.json").exists():
+                    seen.append((len(steps), max(steps)))
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 or (run_dir / "results.json").exists()
+    mid = [s for s in seen if 0 < s[1] < 299]
+    assert mid and len({s for s in mid}) >= 2, seen  # several snapshots, growing, before training ended
+    assert 299 in _logged_steps(next(run_dir.glob("wandb/offline-run-*/*.wandb")))
+
+
+def test_a_tiny_card_with_a_path_names_both_keys(env, tmp_path):
+    cfg = compose_cell("family.student.path=/some/model", "debug=smoke")
+    with pytest.raises(ValueError, match=r"family.student.path='/some/model' and family.student.tiny are both set.*family.student.tiny=null"):
+        run.run_cell(cfg, tmp_path / "cell")
+
+
+def test_evaluation_batch_size_and_card_dtype_reach_the_sampler(env, tmp_path, monkeypatch):
+    from cms import sampling
+
+    seen = []
+    real = sampling.from_config
+
+    def spy(sampler, path, **extra):
+        seen.append((path, sampler["batch_size"], sampler["dtype"]))
+        return real(sampler, path, **extra)
+
+    monkeypatch.setattr(sampling, "from_config", spy)
+    cfg = compose_cell("setting=kd", "debug=smoke", "data.source=reference", "evaluation.batch_size=3", "sampler.batch_size=5",
+                       "family.student.dtype=bfloat16", "logger=none", "finetune.steps=2", "finetune.checkpoints=1")
+    run.run_cell(cfg, tmp_path / "cell")
+    baseline = [s for s in seen if "tiny-student" in s[0]]
+    finetuned = [s for s in seen if "finetune" in s[0]]
+    assert baseline and all(b == 3 and d == "bfloat16" for _, b, d in baseline)  # the card's weights dtype
+    assert finetuned and all(b == 3 and d == "auto" for _, b, d in finetuned)  # the fp32 export as saved

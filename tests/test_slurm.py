@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 GRID = ["-m", "model=wc,se", "setting=kd,self,w2s", "family=tiny", "debug=smoke"]
 SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=60"]
 # what may differ between two runs of the same cell: where things are, how fast they went
-VOLATILE = {"checkpoint", "tokens_per_s"}
+VOLATILE = {"checkpoint", "tokens_per_s", "config"}
 
 
 def cms(args, env, cwd, timeout=900):
@@ -139,3 +139,23 @@ def test_a_refused_submission_names_the_partition_and_keeps_nothing_half_done(en
     assert "SLURM refused the grid's submission" in proc.stderr and "invalid partition" in proc.stderr.lower()
     assert "hydra.launcher.partition" in proc.stderr and "sinfo" in proc.stderr
     assert not (sweep / "jobs.json").exists()
+
+
+def test_nested_srun_starts_every_rank_inside_the_cells_allocation(tmp_path):
+    """Multi-device fine-tuning inside a cell's job: the cell runs as submitit's job step (1 task), and
+    ``finetuning.srun_command`` starts 2 ranks inside that 2-CPU allocation. The control, the same srun
+    without --overlap/--mem=0, cannot create its step (it waits for resources the cell's step holds)."""
+    import submitit
+
+    from cms import finetuning
+
+    probe = [sys.executable, "-c", "import os; print('rank', os.environ['SLURM_PROCID'], 'of', os.environ['SLURM_NTASKS'])"]
+    nested = finetuning.srun_command({"num_nodes": 1, "devices": 2}, probe)
+    control = ["timeout", "15"] + [a for a in nested if a not in ("--overlap", "--mem=0")]
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(slurm_partition="debug", nodes=1, tasks_per_node=1, cpus_per_task=2, timeout_min=60)
+    jobs = [executor.submit(subprocess.run, cmd, capture_output=True, text=True) for cmd in (nested, control)]
+    done, refused = (job.result() for job in jobs)
+    assert done.returncode == 0, done.stderr
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]
+    assert refused.returncode != 0 and "rank 1 of 2" not in refused.stdout
