@@ -434,18 +434,24 @@ def load_for_training(model_path: str, rank: int, fsdp: bool):
     """The learner in fp32 (the master weights) on the host; under FSDP, only rank 0 reads the
     weights and the other ranks build the architecture on the meta device (no host memory)."""
     if fsdp and rank != 0:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+        return _meta_model(model_path)
     return models.load_model(model_path, dtype="float32", device="cpu")
 
 
 def _meta_model(model_path: str):
+    """The architecture in fp32 on the meta device: no memory, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+
+
+def _checkpoint_dtype(model_path: str) -> str:
+    """The dtype the checkpoint's config says its weights are stored in."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix("torch.")
 
 
 def _peak_flops(accelerator: str, peak_tflops: float | None) -> float | None:
@@ -592,7 +598,7 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
         raise ValueError("no training example has a solution token left after truncation: raise finetune.max_length")
     sft = SFTData(examples, batch_size, tokenizer.pad_token_id, steps, seed, (pack_length or max_length) if packing else None)
     meta = _meta_model(model_path)
-    checkpoint_dtype = str(getattr(meta.config, "dtype", None) or getattr(meta.config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    checkpoint_dtype = _checkpoint_dtype(model_path)
     fsdp = strategy.get("name") == "fsdp"
     layers = decoder_layers(meta)
     module = SFTModule(lambda rank: load_for_training(model_path, rank, fsdp), lr, warmup_steps, weight_decay, schedule, steps,

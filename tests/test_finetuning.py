@@ -239,8 +239,8 @@ def test_a_step_has_the_same_gradient_on_one_rank_and_on_two(tiny_family, tmp_pa
 
 def test_eight_ranks_each_get_rows_and_nearly_equal_tokens_on_gsm8k(tiny_family, tmp_path):
     """The paper preset on 8 GPUs: batch 32, rows of 1,024 tokens. Byte tokens / 4 stand in for a BPE
-    tokenizer's lengths (~4 bytes a token): then a step's 32 examples fill only 5-6 rows, so dealing
-    whole rows (the old rows[r::8]) left 2-3 ranks empty."""
+    tokenizer's lengths (~4 bytes a token): then a step's 32 examples fill only 4-5 rows, so dealing
+    whole rows (the old rows[r::8]) left 3-4 ranks empty."""
     tok = models.load_tokenizer(models.resolve(tiny_family["student"], tmp_path / "cache"))
     records = data.load("gsm8k", "train", "gsm8k", DATA)
     examples = [{"input_ids": [0] * max(1, len(e["input_ids"]) // 4), "labels": e["labels"][: max(1, len(e["input_ids"]) // 4)]}
@@ -326,3 +326,20 @@ def test_fsdp_ranks_other_than_0_hold_no_weights_before_sharding(tiny_family, tm
     assert sum(p.numel() for p in rank1.parameters()) == sum(p.numel() for p in rank0.parameters())
     ddp = finetuning.load_for_training(path, 1, fsdp=False)  # DDP: every rank holds its full copy
     assert not any(p.is_meta for p in ddp.parameters()) and next(ddp.parameters()).dtype == torch.float32
+
+
+def test_a_resume_state_of_other_settings_is_refused(tiny_family, tmp_path):
+    """A killed run's last.ckpt is resumed only under the settings it was written with."""
+    path = models.resolve(tiny_family["student"], tmp_path / "cache")
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"a training state")
+    args = dict(steps=600, batch_size=4, lr=1e-6)
+    fingerprint = {"model": path, "pairs": resume.digest(gsm8k_pairs(8)),
+                   **{k: v for k, v in {**dict(warmup_steps=0, weight_decay=0.0, schedule="constant", grad_clip=1.0, max_length=1024,
+                                            precision="32-true", seed=0, packing=True, pack_length=None, checkpoints=1,
+                                            save_dtype="fp32", keep_checkpoints="all"), **args}.items()}}
+    resume.mark(out / "last.ckpt", fingerprint)
+    with pytest.raises(resume.StaleError, match=r"last.ckpt holds a fine-tuning state to resume .*lr: 1e-06 -> 0.001; steps: 600 -> 6000"):
+        finetuning.run(path, gsm8k_pairs(8), out, **{**args, "lr": 1e-3, "steps": 6000})
+    assert (out / "last.ckpt").read_bytes() == b"a training state"

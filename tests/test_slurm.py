@@ -125,7 +125,9 @@ def test_preempted_in_mid_training_resumes_from_its_checkpoint_and_ends_the_same
     print("\n".join(line for line in log.splitlines() if "resuming" in line or "fine-tuned" in line))
     assert "resuming fine-tuning from" in log
     assert "SLURM auto-requeueing enabled" not in log  # Lightning leaves the signal to submitit
-    assert len(list(Path(cell["dir"]).glob("wandb/offline-run-*"))) == 1  # one wandb run across requeues
+    # one wandb run across requeues: offline, each attempt writes a directory, all with the run's one id
+    runs = list(Path(cell["dir"]).glob("wandb/offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1
     finetune = json.loads(Path(cell["dir"], "finetune", "finetune.json").read_text())
     assert finetune["steps"] == 300 and [p["step"] for p in finetune["curve"]] == list(range(300))
     assert results_of(sweep) == _reference(tmp_path, env, SLOW_TRAINING)
