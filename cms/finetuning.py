@@ -626,6 +626,8 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     trainer.fit(module, datamodule=sft, ckpt_path=str(last) if last.exists() else None)
     if not trainer.is_global_zero:
         return {}
+    if wandb and "experiment" not in wandb:  # a run of this process's own: let go of it for the cell to reopen
+        trainer.logger.experiment.finish()
     stats, curve = meter.summary(trainer.world_size), meter.curve
     path = lambda m: str(out_dir / "checkpoints" / f"step-{m:06d}")  # noqa: E731
     kept = [keeper.best["step"]] if keeper.best else marks

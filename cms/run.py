@@ -115,8 +115,6 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         validate = evaluation.validation_spec(val, shots, run_dir / "validation", **eval_args) if ft["keep_checkpoints"] == "best" else None
         finetuned = finetuning.run(learner_path, pairs, run_dir / "finetune", seed=c["seed"], validate=validate,
                                    wandb=tracker.lightning(in_process), **ft)
-        if not in_process:
-            tracker.open()
         selected = evaluation.select(finetuned["checkpoints"], val, shots, out_dir=run_dir / "validation", **eval_args)
         changed = finetuning.changed_fraction(learner_path, selected["path"])
         log.info("%.2f%% of the parameters of the selected checkpoint differ from %s (finetune.save_dtype=%s)",
@@ -160,6 +158,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     data.write_json(run_dir / "results.json", results)
     log.info("results: %s", run_dir / "results.json")
 
+    tracker.open()
     tracker.table("samples", [{"question": k["question"], "solution": k["solution"]} for k in kept[: c["logger"]["table_rows"]]])
     tracker.summary(results)
     tracker.finish()

@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """The cell's wandb run, opened before fine-tuning so the training curves arrive live."""
+    """The cell's wandb run: opened for fine-tuning, so the training curves arrive live, or at the end."""
 
     def __init__(self, cfg: dict, run_dir: Path, config: dict, name: str, group: Optional[str], key: str = ""):
-        self.run = None
+        self.run, self.options = None, None
         if cfg["backend"] == "none" or cfg["mode"] == "disabled":
             return
         # one id per (run directory, settings): a requeued job resumes its wandb run instead of starting
@@ -33,27 +33,30 @@ class Tracker:
             id=hashlib.sha256(f"{run_dir.resolve()}:{key}".encode()).hexdigest()[:16], resume="allow",
         )
         self.config, self.timeout = config, cfg.get("init_timeout_s", 60)
-        self.open()
 
     def open(self) -> None:
+        """Start (or resume) the run, once."""
+        if self.options is None or self.run is not None:
+            return
         try:
             import wandb
 
             self.run = wandb.init(**self.options, config=self.config, settings=wandb.Settings(init_timeout=self.timeout, silent=True))
         except Exception as err:  # wandb raises many kinds; none may cost the run its results
             log.warning("wandb failed to start (%s: %s); results stay in results.json", err.__class__.__name__, err)
+            self.options = None
 
     def lightning(self, in_process: bool) -> Optional[dict]:
         """Arguments of Lightning's WandbLogger that log to this run. Fine-tuning in this process
-        shares the open run; fine-tuning processes of their own get its id (resume="allow") while
-        this process lets go of it until ``open`` is called again."""
-        if self.run is None:
-            return None
+        shares the open run; fine-tuning processes of their own get its id (resume="allow") and
+        finish it, and this process opens it again afterwards."""
         if in_process:
-            return {"experiment": self.run}
-        self.finish()
-        self.run = None
-        return {k: v for k, v in self.options.items() if k != "entity" or v} | {"log_model": False}
+            self.open()
+            return {"experiment": self.run} if self.run is not None else None
+        if self.options is None:
+            return None
+        spec = {("save_dir" if k == "dir" else k): v for k, v in self.options.items() if k != "entity" or v}
+        return spec | {"log_model": False}
 
     def _guard(self, what: str, fn) -> None:
         if self.run is None:

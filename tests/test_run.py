@@ -198,3 +198,17 @@ def test_evaluation_batch_size_and_card_dtype_reach_the_sampler(env, tmp_path, m
     finetuned = [s for s in seen if "finetune" in s[0]]
     assert baseline and all(b == 3 and d == "bfloat16" for _, b, d in baseline)  # the card's weights dtype
     assert finetuned and all(b == 3 and d == "auto" for _, b, d in finetuned)  # the fp32 export as saved
+
+
+def test_multi_device_training_logs_to_the_cells_wandb_run(env, tmp_path, monkeypatch):
+    """DDP trains in processes of its own: they log to the cell's run id under the cell's directory and
+    let go of it, so the cell reopens the same run for its results."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cell("setting=kd", "debug=smoke", "data.source=reference", "finetune/strategy=ddp", "finetune.accelerator=cpu",
+                       "finetune.steps=6")
+    results = run.run_cell(cfg, tmp_path / "cell")
+    assert results["accuracy"] is not None and not (tmp_path / "wandb").exists()
+    runs = sorted((tmp_path / "cell").glob("wandb/offline-run-*/*.wandb"))
+    assert len({p.name for p in runs}) == 1  # one run id
+    blobs = [p.read_bytes() for p in runs]
+    assert any(b"train/loss" in b for b in blobs) and any(b"baseline_accuracy" in b for b in blobs)
