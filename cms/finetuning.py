@@ -198,6 +198,20 @@ class StepLoader(DataLoader):
         pass
 
 
+class _Steps:
+    """Map-style dataset: step s -> this rank's collated batch, with the step's global target count."""
+
+    def __init__(self, plan: StepPlan, rank: int, pad_id: int, pack_length: int | None):
+        self.plan, self.rank, self.pad_id, self.pack_length = plan, rank, pad_id, pack_length
+
+    def __getitem__(self, step: int) -> dict:
+        batch = collate(self.plan.ranks(step)[self.rank], self.pad_id, self.pack_length)
+        return {**batch, "targets": self.plan.targets(step)}
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+
 class SFTData(L.LightningDataModule):
     def __init__(self, examples: list[dict], batch_size: int, pad_id: int, steps: int, seed: int = 0, pack_length: int | None = None):
         super().__init__()
@@ -211,20 +225,6 @@ class SFTData(L.LightningDataModule):
         plan = self.plan(t.world_size)
         return StepLoader(_Steps(plan, t.global_rank, self.pad_id, self.pack_length), batch_sampler=StepBatches(self.steps, start=lambda: t.global_step),
                           collate_fn=lambda batch: batch[0])
-
-
-class _Steps:
-    """Map-style dataset: step s -> this rank's collated batch, with the step's global target count."""
-
-    def __init__(self, plan: StepPlan, rank: int, pad_id: int, pack_length: int | None):
-        self.plan, self.rank, self.pad_id, self.pack_length = plan, rank, pad_id, pack_length
-
-    def __getitem__(self, step: int) -> dict:
-        batch = collate(self.plan.ranks(step)[self.rank], self.pad_id, self.pack_length)
-        return {**batch, "targets": self.plan.targets(step)}
-
-    def __len__(self) -> int:
-        return 1 << 62
 
 
 def token_loss(model, batch: dict) -> torch.Tensor:
@@ -603,7 +603,8 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     layers = decoder_layers(meta)
     module = SFTModule(lambda rank: load_for_training(model_path, rank, fsdp), lr, warmup_steps, weight_decay, schedule, steps,
                        activation_checkpointing=strategy.get("activation_checkpointing", False) and strategy.get("name", "single") == "single")
-    meter = Meter(sum(p.numel() for p in meta.parameters()), sft.plan().batch_size, len(examples), _peak_flops(accelerator, peak_tflops))
+    per_step = min(batch_size, len(examples))
+    meter = Meter(sum(p.numel() for p in meta.parameters()), per_step, len(examples), _peak_flops(accelerator, peak_tflops))
     del meta
     marks = checkpoint_steps(steps, checkpoints)
     score = None
@@ -635,9 +636,9 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
         "checkpoint": path(kept[-1]),
         "checkpoints": [{"step": m, "path": path(m), "kept": m in kept} for m in marks],
         "steps": trainer.global_step,
-        "epochs": math.ceil(trainer.global_step * sft.plan().batch_size / len(examples)),
+        "epochs": math.ceil(trainer.global_step * per_step / len(examples)),
         "n_examples": len(examples),
-        "examples_per_step": sft.plan().batch_size,
+        "examples_per_step": per_step,
         "world_size": trainer.world_size,
         "weights": {"checkpoint_dtype": checkpoint_dtype, "master": "float32", "compute": precision, "saved": str(DTYPES[save_dtype]).removeprefix("torch."),
                     "kept_checkpoints": keep_checkpoints},
@@ -651,6 +652,7 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
              100 * (stats["padding_waste"] or 0), f", MFU {100 * stats['mfu']:.1f}%" if stats["mfu"] else "")
     data.write_json(out_dir / "finetune.json", metrics)
     last.unlink(missing_ok=True)
+    resume.sidecar(last).unlink(missing_ok=True)
     return metrics
 
 

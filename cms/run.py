@@ -5,9 +5,10 @@ fine-tune the ``setting``'s learner on them, evaluate it.
 
 This module only composes the config and calls the stages in order; each stage
 is a plain function of its own module. Every stage's output lands in the run
-directory (or the shared cache), so re-running a finished cell does no work. The cell's settings are recorded
-in ``cell.json`` (and in results.json); a run directory that holds a cell of
-other settings is refused, not reused, unless ``rerun=true``.
+directory (or the shared cache), so re-running a finished cell does no work.
+The cell's settings are recorded in ``cell.json`` (and in results.json); a run
+directory that holds a cell of other settings is refused, not reused, unless
+``rerun=true``.
 """
 
 from __future__ import annotations
