@@ -166,12 +166,16 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     return results
 
 
+# what a cell writes once it has claimed its directory: one of them without cell.json is an older cms's cell
+OUTPUTS = ("results.json", "kept.jsonl", "graded.jsonl", "finetune", "eval_finetuned.jsonl")
+
+
 def _claim(run_dir: Path, c: dict) -> dict:
     """Record this cell's settings in ``run_dir/cell.json``, or refuse a directory that holds a cell of
     other settings (``rerun=true`` moves those outputs to ``previous/`` and goes on)."""
     fingerprint, record, hydra = config.cell_fingerprint(c), run_dir / "cell.json", run_dir / ".hydra"
     stored = json.loads(record.read_text()) if record.exists() else None
-    started = stored is not None or any(p.name not in resume.KEEP and p.suffix != ".log" for p in run_dir.iterdir())
+    started = stored is not None or any((run_dir / name).exists() for name in OUTPUTS)
     if started:
         try:
             resume.check(stored and stored.get("fingerprint"), fingerprint, run_dir, "a cell")

@@ -209,13 +209,14 @@ def _rank_grads(rank, world, port, path, examples, out):
         grads[how] = torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
     if rank == 0:
         torch.save(grads, out)
-    dist.destroy_process_group()
+    dist.barrier()
+    os._exit(0)  # tearing down gloo under a live DDP reducer can hang in its destructor; the results are saved
 
 
+@pytest.mark.timeout(300)
 def test_a_step_has_the_same_gradient_on_one_rank_and_on_two(tiny_family, tmp_path):
     """The loss is the global token mean, so the gradient does not depend on the number of devices
     (tolerance: 1e-4 of the largest gradient entry; float32 sums in another order)."""
-    import random
     import socket
 
     import torch.multiprocessing as mp
@@ -234,7 +235,6 @@ def test_a_step_has_the_same_gradient_on_one_rank_and_on_two(tiny_family, tmp_pa
     assert diff < 1e-4, diff
     # the control: a per-rank mean weights the two ranks' tokens unequally, and the test sees it
     assert (got[1]["global"] - got[2]["per_rank"]).abs().max() / scale > 1e-3
-    random.seed(0)
 
 
 def test_eight_ranks_each_get_rows_and_nearly_equal_tokens_on_gsm8k(tiny_family, tmp_path):
