@@ -162,7 +162,9 @@ def test_nan_loss_stops_with_the_fix_and_keeps_the_data(env, tmp_path):
 def test_ctrl_c_in_the_middle_of_a_grid_keeps_the_finished_cells(env, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "cms.run", "-m", "model=wc,se", "setting=kd,self", *SMOKE, f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C works even where this test runs with SIGINT ignored (a background job of a non-interactive shell)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(sweep.glob("*/results.json")) and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
