@@ -57,22 +57,24 @@ def cms_sft(path: str, pairs, out: Path, steps: int, batch: int, length: int, lr
     m = finetuning.run(path, pairs, out, steps=steps, batch_size=batch, lr=lr, warmup_steps=warmup, max_length=length,
                        pack_length=length, accelerator="cpu", checkpoints=1, log_every=1000)
     seconds = time.perf_counter() - start
+    rows = m["train_tokens"] / (1 - m["padding_waste"]) / length  # packed rows, padding included
     return {"seconds": seconds, "tokens": m["train_tokens"], "loss": sum(p["loss"] for p in m["curve"][-5:]) / 5,
-            "padding_waste": m["padding_waste"], "rows_per_step": m["rows_per_step"]}
+            "padding_waste": m["padding_waste"], "rows_per_step": max(1, round(rows / steps))}
 
 
-def padding_waste(tok, dataset: str, length: int, batch: int = 32) -> tuple[float, float, int]:
-    """Padding share of all train reference solutions: packed into rows of ``length``, and padded per batch."""
+def padding_waste(tok, dataset: str, length: int, batch: int = 32, world: int = 1, steps: int = 60) -> tuple[float, float, int]:
+    """Padding share of train reference solutions as training lays them out (``steps`` steps of ``batch``,
+    each rank's share in balanced rows of up to ``length``), and padded per batch of ``batch``."""
     fmt = data.PromptFormat("Question: {question}\nAnswer:", " {solution}\n\n")
     records = data.load(dataset, "train", "gsm8k" if dataset == "gsm8k" else "math", ROOT.parent / "shared" / "data")
     ex = finetuning.tokenize_pairs(tok, [(fmt.prompt(r), fmt.completion(r.solution)) for r in records], length)
+    plan = finetuning.StepPlan(ex, batch, seed=0, capacity=length, world=world)
+    packed = [finetuning.collate(share, 0, length) for s in range(steps) for share in plan.ranks(s)]
     lengths = [len(e["input_ids"]) for e in ex]
-    rows = finetuning.pack(lengths, length)
-    packed = 1 - sum(lengths) / (len(rows) * length)
     order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(0)).tolist()
     batches = [[lengths[i] for i in order[k:k + batch]] for k in range(0, len(order), batch)]
     padded = 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
-    return packed, padded, len(ex)
+    return 1 - sum(p["real_tokens"] for p in packed) / sum(p["tokens"] for p in packed), padded, len(ex)
 
 
 def main() -> None:
@@ -101,10 +103,10 @@ def main() -> None:
     print(f"cms padding waste: {100 * ours['padding_waste']:.2f}% ({ours['rows_per_step']} rows/step)")
     tok = models.byte_tokenizer()
     for dataset in ("gsm8k", "math"):
-        for length in (2048, 4096):
-            packed, padded, n = padding_waste(tok, dataset, length)
-            print(f"padding waste, {dataset} train reference solutions ({n}, byte tokens), rows of {length}: "
-                  f"packed {100 * packed:.2f}%, padded batches of 32 {100 * padded:.1f}%")
+        for length, world in ((2048, 1), (4096, 1), (4096, 8)):
+            packed, padded, n = padding_waste(tok, dataset, length, world=world)
+            print(f"padding waste, {dataset} train reference solutions ({n}, byte tokens), batch 32, rows of {length}, "
+                  f"{world} rank(s): packed {100 * packed:.2f}%, padded batches of 32 {100 * padded:.1f}%")
     print(f"cms/trl tokens per second: {(ours['tokens'] / ours['seconds']) / (theirs['tokens'] / theirs['seconds']):.3f}")
 
 

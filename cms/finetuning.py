@@ -1,9 +1,9 @@
 """Supervised fine-tuning of the setting's learner on the kept (question, solution) pairs.
 
 A LightningModule around an HF causal LM. The loss covers the solution tokens
-only (prompt and padding are masked with -100). Pairs are packed into
-fixed-length rows (best-fit decreasing); inside a row the position ids restart
-per example and no attention mask is passed, which makes transformers build a
+only (prompt and padding are masked with -100). Each rank packs its share of a
+step's pairs into as few balanced rows of at most ``pack_length`` tokens as fit;
+inside a row the position ids restart per example and no attention mask is passed, which makes transformers build a
 block-diagonal causal mask (varlen kernels with flash-attention), so examples
 never attend to each other.
 
@@ -27,7 +27,6 @@ process (``python -m cms.finetuning spec.json``), under ``srun`` across nodes.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -67,25 +66,30 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int) -> 
     return examples
 
 
-def pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Best-fit decreasing: group example indices into rows of at most ``capacity`` tokens."""
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (free tokens, row), sorted
+def deal(lengths: list[int], bins: int) -> list[list[int]]:
+    """Indices dealt into ``bins`` groups of nearly equal total length: longest first, each to the
+    group holding the fewest tokens (then the fewest items), so no group is empty while there are
+    enough items and the totals differ by less than the longest item."""
+    groups: list[list[int]] = [[] for _ in range(bins)]
+    load = [0] * bins
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        n = lengths[i]
-        if n > capacity:
-            raise ValueError(f"example of {n} tokens exceeds finetune.pack_length={capacity}: raise it to finetune.max_length or above")
-        at = bisect.bisect_left(free, (n, -1))
-        if at == len(free):
-            rows.append([i])
-            room, row = capacity - n, len(rows) - 1
-        else:
-            room, row = free.pop(at)
-            rows[row].append(i)
-            room -= n
-        if room:
-            bisect.insort(free, (room, row))
-    return rows
+        g = min(range(bins), key=lambda g: (load[g], len(groups[g]), g))
+        groups[g].append(i)
+        load[g] += lengths[i]
+    return groups
+
+
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows of at most ``capacity`` tokens, as few as fit and balanced: the batch is as wide as its
+    fullest row, so balanced rows waste little padding."""
+    if max(lengths, default=0) > capacity:
+        raise ValueError(f"example of {max(lengths)} tokens exceeds finetune.pack_length={capacity}: raise it to finetune.max_length or above")
+    rows = max(1, -(-sum(lengths) // capacity))
+    while True:
+        groups = deal(lengths, rows)
+        if all(sum(lengths[i] for i in g) <= capacity for g in groups):
+            return [g for g in groups if g]
+        rows += 1
 
 
 def targets(example: dict) -> int:
@@ -101,12 +105,7 @@ def plan_step(lengths: list[int], world: int, capacity: int | None) -> list[list
     if len(lengths) < world:
         raise ValueError(f"a step of {len(lengths)} examples cannot give each of {world} ranks one: "
                          f"raise finetune.batch_size to at least {world} or use fewer devices")
-    shares: list[list[int]] = [[] for _ in range(world)]
-    load = [0] * world
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        r = min(range(world), key=lambda r: (load[r], len(shares[r]), r))
-        shares[r].append(i)
-        load[r] += lengths[i]
+    shares = deal(lengths, world)
     if capacity is None:
         return [[[i] for i in share] for share in shares]
     return [[[share[j] for j in row] for row in pack([lengths[i] for i in share], capacity)] for share in shares]
@@ -115,12 +114,14 @@ def plan_step(lengths: list[int], world: int, capacity: int | None) -> list[list
 def collate(rows: list[list[dict]], pad_id: int, length: int | None = None) -> dict:
     """A batch of rows, each a list of examples.
 
-    ``length`` set (packing): every row is ``length`` tokens, examples side by side with
-    their own position ids; the padding tail is one more segment, masked from the loss.
+    ``length`` set (packing): rows of at most ``length`` tokens, examples side by side with
+    their own position ids, as wide as the fullest row; the padding tail is one more segment,
+    masked from the loss.
     ``length`` None: one example per row, padded to the longest with an attention mask.
     """
     packed = length is not None
-    width = length or max(len(r[0]["input_ids"]) for r in rows)
+    fill = max(sum(len(ex["input_ids"]) for ex in r) for r in rows)
+    width = min(length, -(-fill // 8) * 8) if packed else fill  # as wide as the fullest row (a multiple of 8)
     ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), IGNORE)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -208,21 +209,15 @@ class _Steps:
         batch = collate(self.plan.ranks(step)[self.rank], self.pad_id, self.pack_length)
         return {**batch, "targets": self.plan.targets(step)}
 
-    def __len__(self) -> int:
-        return 1 << 62
-
 
 class SFTData(L.LightningDataModule):
     def __init__(self, examples: list[dict], batch_size: int, pad_id: int, steps: int, seed: int = 0, pack_length: int | None = None):
         super().__init__()
         self.examples, self.batch_size, self.pad_id, self.steps, self.seed, self.pack_length = examples, batch_size, pad_id, steps, seed, pack_length
 
-    def plan(self, world: int = 1) -> StepPlan:
-        return StepPlan(self.examples, self.batch_size, self.seed, self.pack_length, world)
-
     def train_dataloader(self) -> DataLoader:
         t = self.trainer
-        plan = self.plan(t.world_size)
+        plan = StepPlan(self.examples, self.batch_size, self.seed, self.pack_length, t.world_size)
         return StepLoader(_Steps(plan, t.global_rank, self.pad_id, self.pack_length), batch_sampler=StepBatches(self.steps, start=lambda: t.global_step),
                           collate_fn=lambda batch: batch[0])
 
