@@ -136,8 +136,7 @@ def plan(role: str, params: dict[str, float], *, solution_tokens: int, **budget)
     exact = used = None
     if budget.get("flops_per_question") is None:
         exact = exact_ratio(params, match=budget.get("match", "compute"), prices=budget.get("prices"), ratio=budget.get("ratio"))
-        other = {**budget, "flops_per_question": None}
-        used = samples_per_question("wc", params, solution_tokens=solution_tokens, **other) / samples_per_question("se", params, solution_tokens=solution_tokens, **other)
+        used = samples_per_question("wc", params, solution_tokens=solution_tokens, **budget) / samples_per_question("se", params, solution_tokens=solution_tokens, **budget)
     return Plan(
         match=budget.get("match", "compute"),
         role=role,

@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from cms.resume import flatten
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -231,8 +233,6 @@ UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "detach", "r
 
 def cell_fingerprint(c: dict) -> dict:
     """The settings that change what a cell computes: the resolved config less ``UNFINGERPRINTED``."""
-    from cms.resume import flatten
-
     return {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
 
 

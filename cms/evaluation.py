@@ -115,6 +115,11 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
     return summary
 
 
+def validation_path(out_dir: str | Path, step: int) -> Path:
+    """Where the outputs of the checkpoint of ``step`` on the validation questions go."""
+    return Path(out_dir) / f"step-{step:06d}.jsonl"
+
+
 def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], *, out_dir: str | Path, **eval_args) -> dict:
     """The paper's protocol: greedy pass@1 of each checkpoint ({step, path}) on the validation
     questions; the best (the later one on a tie) is selected. Without validation questions,
@@ -124,7 +129,7 @@ def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], 
         return {**last, "val_accuracy": None}
     scores = []
     for ck in tqdm(checkpoints, desc="validating checkpoints", disable=len(checkpoints) < 2):
-        summary = run(ck["path"], val, exemplars, out_path=Path(out_dir) / f"step-{ck['step']:06d}.jsonl", **eval_args)
+        summary = run(ck["path"], val, exemplars, out_path=validation_path(out_dir, ck["step"]), **eval_args)
         scores.append({"step": ck["step"], "accuracy": summary["accuracy"]})
     best = max(range(len(scores)), key=lambda i: (scores[i]["accuracy"], i))
     log.info("checkpoint selection on %d validation questions: %s; selected step %d", len(val),
@@ -139,7 +144,7 @@ def validator(*, records: list[dict], exemplars: list[dict], out_dir: str, quest
     prompt_format = PromptFormat(question_template, solution_template)
 
     def score(path: str, step: int) -> float:
-        return run(path, val, shots, out_path=Path(out_dir) / f"step-{step:06d}.jsonl", prompt_format=prompt_format, **eval_args)["accuracy"]
+        return run(path, val, shots, out_path=validation_path(out_dir, step), prompt_format=prompt_format, **eval_args)["accuracy"]
 
     return score
 

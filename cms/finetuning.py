@@ -27,6 +27,8 @@ process (``python -m cms.finetuning spec.json``), under ``srun`` across nodes.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -154,6 +156,8 @@ class StepPlan:
         self.examples, self.seed, self.capacity, self.world = examples, seed, capacity, world
         self.n = len(examples)
         self.batch_size = min(batch_size, self.n)
+        self.lengths = [len(e["input_ids"]) for e in examples]
+        self.n_targets = [targets(e) for e in examples]
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
@@ -167,12 +171,12 @@ class StepPlan:
     def ranks(self, step: int) -> list[list[list[dict]]]:
         """Per rank, the rows (lists of examples) of step ``step``."""
         idx = self.indices(step)
-        split = plan_step([len(self.examples[i]["input_ids"]) for i in idx], self.world, self.capacity)
+        split = plan_step([self.lengths[i] for i in idx], self.world, self.capacity)
         return [[[self.examples[idx[j]] for j in row] for row in share] for share in split]
 
     def targets(self, step: int) -> int:
         """The step's target tokens over all ranks: the loss's denominator."""
-        return sum(targets(self.examples[i]) for i in self.indices(step))
+        return sum(self.n_targets[i] for i in self.indices(step))
 
 
 class StepBatches(Sampler):
@@ -332,6 +336,11 @@ class Meter(L.Callback):
         self.curve, self.stats = state["curve"], state["stats"]
 
 
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    """Where the HF checkpoint of ``step`` is written."""
+    return Path(out_dir) / "checkpoints" / f"step-{step:06d}"
+
+
 def checkpoint_steps(steps: int, n: int) -> list[int]:
     """``n`` evenly spaced steps ending at ``steps``."""
     n = max(1, min(n, steps))
@@ -352,7 +361,7 @@ class Checkpoints(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step in self.steps:
-            path = self.out_dir / "checkpoints" / f"step-{step:06d}"
+            path = checkpoint_path(self.out_dir, step)
             self.save_hf(trainer, module, path)
             if self.score is not None and trainer.is_global_zero:
                 self.keep_best(step, path)
@@ -368,7 +377,7 @@ class Checkpoints(L.Callback):
         accuracy = self.score(str(path), step)
         if self.best is None or accuracy >= self.best["accuracy"]:
             if self.best is not None:
-                shutil.rmtree(self.out_dir / "checkpoints" / f"step-{self.best['step']:06d}", ignore_errors=True)
+                shutil.rmtree(checkpoint_path(self.out_dir, self.best["step"]), ignore_errors=True)
             self.best = {"step": step, "accuracy": accuracy}
         else:
             shutil.rmtree(path, ignore_errors=True)
@@ -422,31 +431,29 @@ def decoder_layers(model) -> set:
 
 def _materialize(module: torch.nn.Module) -> None:
     """FSDP's param_init_fn for a module on the meta device: empty storage on this rank's GPU (rank 0's values follow)."""
-    module.to_empty(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu", recurse=False)
+    module.to_empty(device=torch.device("cuda", torch.cuda.current_device()), recurse=False)
 
 
-def load_for_training(model_path: str, rank: int, fsdp: bool):
+def load_for_training(model_path: str, rank: int, fsdp: bool, config=None):
     """The learner in fp32 (the master weights) on the host; under FSDP, only rank 0 reads the
-    weights and the other ranks build the architecture on the meta device (no host memory)."""
+    weights and the other ranks build the architecture (``config``) on the meta device (no host memory)."""
     if fsdp and rank != 0:
-        return _meta_model(model_path)
+        return _meta_model(config or _config(model_path))
     return models.load_model(model_path, dtype="float32", device="cpu")
 
 
-def _meta_model(model_path: str):
-    """The architecture in fp32 on the meta device: no memory, no weights read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
-
-
-def _checkpoint_dtype(model_path: str) -> str:
-    """The dtype the checkpoint's config says its weights are stored in."""
+def _config(model_path: str):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path)
-    return str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    return AutoConfig.from_pretrained(model_path)
+
+
+def _meta_model(config):
+    """The architecture in fp32 on the meta device: no memory, no weights read."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _peak_flops(accelerator: str, peak_tflops: float | None) -> float | None:
@@ -458,38 +465,34 @@ def _peak_flops(accelerator: str, peak_tflops: float | None) -> float | None:
     return None
 
 
-def _state(path: str) -> dict[str, "torch.Tensor"]:
-    """A checkpoint's tensors by name, read lazily from safetensors when it has them."""
+@contextlib.contextmanager
+def _tensors(path: str):
+    """Name -> loader of each of a checkpoint's tensors: its safetensors files opened once and read
+    lazily, tensor by tensor (a checkpoint without them is loaded whole)."""
     from safetensors import safe_open
 
     root = Path(path)
     index = root / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else (["model.safetensors"] if (root / "model.safetensors").exists() else [])
     if not files:
-        return models.load_model(path, dtype="auto", device="cpu").state_dict()
-    out = {}
-    for f in files:
-        with safe_open(root / f, framework="pt") as st:
-            out.update({k: (root / f, k) for k in st.keys()})
-    return out
-
-
-def _tensor(ref) -> torch.Tensor:
-    if isinstance(ref, torch.Tensor):
-        return ref
-    from safetensors import safe_open
-
-    with safe_open(ref[0], framework="pt") as st:
-        return st.get_tensor(ref[1])
+        yield {k: (lambda v=v: v) for k, v in models.load_model(path, dtype="auto", device="cpu").state_dict().items()}
+        return
+    with contextlib.ExitStack() as stack:
+        out = {}
+        for f in files:
+            st = stack.enter_context(safe_open(root / f, framework="pt"))
+            out.update({k: functools.partial(st.get_tensor, k) for k in st.keys()})
+        yield out
 
 
 def changed_fraction(start_path: str, exported_path: str) -> float:
     """The share of parameters whose exported value differs from the starting model's (tensor by tensor)."""
-    a, b = _state(start_path), _state(exported_path)
     changed = total = 0
-    for name in sorted(set(a) & set(b)):
-        x, y = _tensor(a[name]), _tensor(b[name])
-        if x.is_floating_point():
+    with _tensors(start_path) as a, _tensors(exported_path) as b:
+        for name in sorted(set(a) & set(b)):
+            x, y = a[name](), b[name]()
+            if not x.is_floating_point():
+                continue
             changed += int((x.float() != y.float()).sum())
             total += x.numel()
     return changed / total if total else 0.0
@@ -498,7 +501,7 @@ def changed_fraction(start_path: str, exported_path: str) -> float:
 # settings that change what fine-tuning produces (the rest: where and how fast it runs)
 FINGERPRINTED = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "schedule", "grad_clip", "max_length", "precision",
                  "seed", "packing", "pack_length", "checkpoints", "save_dtype", "keep_checkpoints")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, steps: int, batch_size: int, lr: float,
@@ -592,11 +595,12 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     if not examples:
         raise ValueError("no training example has a solution token left after truncation: raise finetune.max_length")
     sft = SFTData(examples, batch_size, tokenizer.pad_token_id, steps, seed, (pack_length or max_length) if packing else None)
-    meta = _meta_model(model_path)
-    checkpoint_dtype = _checkpoint_dtype(model_path)
+    config = _config(model_path)
+    checkpoint_dtype = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+    meta = _meta_model(config)
     fsdp = strategy.get("name") == "fsdp"
     layers = decoder_layers(meta)
-    module = SFTModule(lambda rank: load_for_training(model_path, rank, fsdp), lr, warmup_steps, weight_decay, schedule, steps,
+    module = SFTModule(lambda rank: load_for_training(model_path, rank, fsdp, config), lr, warmup_steps, weight_decay, schedule, steps,
                        activation_checkpointing=strategy.get("activation_checkpointing", False) and strategy.get("name", "single") == "single")
     per_step = min(batch_size, len(examples))
     meter = Meter(sum(p.numel() for p in meta.parameters()), per_step, len(examples), _peak_flops(accelerator, peak_tflops))
@@ -625,11 +629,10 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     if wandb and "experiment" not in wandb:  # a run of this process's own: let go of it for the cell to reopen
         trainer.logger.experiment.finish()
     stats, curve = meter.summary(trainer.world_size), meter.curve
-    path = lambda m: str(out_dir / "checkpoints" / f"step-{m:06d}")  # noqa: E731
     kept = [keeper.best["step"]] if keeper.best else marks
     metrics = {
-        "checkpoint": path(kept[-1]),
-        "checkpoints": [{"step": m, "path": path(m), "kept": m in kept} for m in marks],
+        "checkpoint": str(checkpoint_path(out_dir, kept[-1])),
+        "checkpoints": [{"step": m, "path": str(checkpoint_path(out_dir, m)), "kept": m in kept} for m in marks],
         "steps": trainer.global_step,
         "epochs": math.ceil(trainer.global_step * per_step / len(examples)),
         "n_examples": len(examples),

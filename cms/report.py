@@ -156,8 +156,11 @@ def accuracy_rows(results: list[dict]) -> list[dict]:
 
 
 def _verdicts(cell: dict) -> Optional[dict[str, int]]:
-    path = Path(cell["_dir"]) / "eval_finetuned.jsonl"
-    return {x["id"]: int(x["verdict"] == "correct") for x in data.read_rows(path)} if path.exists() else None
+    """A cell's per-question test verdicts (1 correct), read once and kept on the cell."""
+    if "_verdicts" not in cell:
+        path = Path(cell["_dir"]) / "eval_finetuned.jsonl"
+        cell["_verdicts"] = {x["id"]: int(x["verdict"] == "correct") for x in data.read_rows(path)} if path.exists() else None
+    return cell["_verdicts"]
 
 
 def gain_interval(pairs: list[dict[str, dict]], n: int = 2000, seed: int = 0) -> tuple[Optional[float], Optional[float]]:
@@ -279,7 +282,7 @@ def quality_curves(results: list[dict]) -> list[dict]:
                 by_level[x["level"]][x["qid"]].append((x["correct"], x["key"]))
         for level, questions in sorted(by_level.items(), key=lambda kv: (kv[0] != "all", kv[0])):
             c = estimators.curves(questions)
-            out.append({**dict(zip(fields + ("model",), key)), "group": list(key[:-1]), "generator": r["generator"], "level": level, "questions": len(questions),
+            out.append({**dict(zip(fields + ("model",), key)), "group": json.dumps(list(key[:-1]), default=str), "generator": r["generator"], "level": level, "questions": len(questions),
                         "flops_per_sample": per_sample, **c})
     return out
 
@@ -288,8 +291,8 @@ def matched_rows(curves: list[dict]) -> list[dict]:
     """coverage and diversity at the compute-matched points: SE@k against WC@(S_WC/S_SE)k."""
     rows, pair = [], defaultdict(dict)
     for c in curves:
-        pair[tuple(json.dumps(v, default=str) for v in c["group"]) + (c["level"],)][c["model"]] = c
-    for key, p in _sorted(pair):
+        pair[(c["group"], c["level"])][c["model"]] = c
+    for _, p in _sorted(pair):
         if "wc" not in p or "se" not in p or not p["se"]["k"]:
             continue
         ratio = max(1, round(len(p["wc"]["k"]) / len(p["se"]["k"])))
@@ -320,9 +323,9 @@ def _interval(row: dict) -> str:
 
 def duplicates(results: list[dict]) -> list[list[str]]:
     """Cells that agree on every setting, seed and generator included: only the first of each is used."""
-    seen = defaultdict(list)
+    seen, fields = defaultdict(list), group_fields(results) + ("setting", "seed", "model")
     for r in results:
-        seen[_key(r, group_fields(results) + ("setting", "seed", "model"))].append(r["_dir"])
+        seen[_key(r, fields)].append(r["_dir"])
     return [dirs for dirs in seen.values() if len(dirs) > 1]
 
 
@@ -436,8 +439,8 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
 
     groups = defaultdict(list)
     for c in curves:
-        groups[tuple(json.dumps(v, default=str) for v in c["group"])].append(c)
-    for gi, (key, cs) in enumerate(_sorted(groups)):
+        groups[c["group"]].append(c)
+    for gi, (_, cs) in enumerate(_sorted(groups)):
         questions = {c["level"]: c["questions"] for c in cs}
         levels = sorted(questions, key=lambda lv: (lv != "all", lv))
         fig, axes = plt.subplots(2, len(levels), figsize=(3.2 * len(levels) + 0.8, 5.6), squeeze=False)

@@ -101,8 +101,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     if ev["baseline"]:
         shots = ds["num_shots"] if ev["baseline_shots"] is None else ev["baseline_shots"]
         base_args = {**eval_args, "sampler": _sampler_for(eval_args["sampler"], learner_card)}
-        key = sampling.cache_key(card=models.card_key(learner_card), test=[r.id for r in test], shots=shots, ex=[e.id for e in exemplars],
-                                 ds=ds, **evaluation.fingerprint(learner_path, [], [], **base_args))
+        key = sampling.cache_key(card=models.card_key(learner_card), ds=ds, **evaluation.fingerprint(learner_path, test, exemplars[:shots], **base_args))
         baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **base_args)
 
     fpr_judge = _judge(c["judge"], family, c["sampler"], cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")

@@ -1,8 +1,8 @@
 """wandb logging that can never cost a run its results.
 
 Offline by default (``logger.mode=offline``: files under the run directory, no
-network). The run opens when the cell starts; fine-tuning logs its loss, lr and
-tokens/s to it live through Lightning's WandbLogger (every ``finetune.log_every``
+network). The run opens when fine-tuning starts (or, without fine-tuning, at the
+end of the cell); fine-tuning logs its loss, lr and tokens/s to it live through Lightning's WandbLogger (every ``finetune.log_every``
 steps). Every wandb call is guarded: if wandb fails to start or to log, the
 failure is logged as a warning and the run goes on; results.json is written
 before anything is sent to wandb.
