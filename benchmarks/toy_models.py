@@ -5,7 +5,7 @@ Trains the models if the cache lacks them (as the first grid run would), then
 samples 4 solutions per test question at temperature 0.7, zero-shot as the
 arith dataset prompts. The last line is the SE:WC ratio.
 
-    CMS_CACHE_DIR=.cms_cache python benchmarks/toy_models.py [--samples 4]
+    python benchmarks/toy_models.py [--samples 4]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cms import arith, budget, grading, models, sampling
+from cms import arith, budget, config, grading, models, sampling
 from cms.data import PromptFormat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def main() -> None:
     ds = OmegaConf.load(ROOT / "conf/dataset/arith.yaml")
     test = arith.load("test", dict(ds.procedural.sizes), ds.procedural.seed)
     fmt = PromptFormat(ds.question_template, ds.solution_template)
-    cache = os.environ.get("CMS_CACHE_DIR", ".cms_cache")
+    cache = os.environ.get("CMS_CACHE_DIR") or config.user_cache()
     params = {}
     for role in ("student", "wc", "se"):
         card = family[role]

@@ -3,6 +3,7 @@ so a misspelt key or a wrong type fails when the config is composed."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -13,6 +14,7 @@ from omegaconf import MISSING, OmegaConf
 from cms.resume import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = Path(__file__).resolve().parent / "conf"  # the checkout's conf/ (a link to it here), shipped inside the package
 
 
 @dataclass
@@ -186,6 +188,7 @@ class PathsConf:
 @dataclass
 class RunConf:
     seed: int = 0
+    threads: str = "auto"  # torch CPU threads: auto (the cores other processes leave free) or a count (cms.threads)
     rerun: bool = False  # recompute a cell whose run directory holds outputs of other settings (they move to previous/)
     detach: bool = False  # with hydra/launcher=submitit_slurm: submit the grid and return (python -m cms.slurm status)
     stop_after: Optional[str] = None  # null: the whole cell | sampling: draw (and grade) the samples, then stop
@@ -225,7 +228,7 @@ CHOICES = {
 
 
 # settings that say where or how fast a cell runs, not what it computes
-UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
+UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "threads", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
                    "sampler.batch_size", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.tensor_parallel_size",
                    "grading.workers", "evaluation.batch_size", "finetune.log_every", "finetune.save_every", "finetune.peak_tflops",
                    "finetune.accelerator", "finetune.strategy")
@@ -236,17 +239,21 @@ def cell_fingerprint(c: dict) -> dict:
     return {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
 
 
+class ConfigError(ValueError):
+    """A config value no dataclass type can refuse; the message names the fix."""
+
+
 def validate(cfg) -> None:
     """Check the enumerated choices that a dataclass cannot type; name the fix."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             names = ", ".join("null" if a is None else a for a in allowed)
-            raise ValueError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
+            raise ConfigError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
     for role in ("wc", "se", "student"):
         card = OmegaConf.select(cfg, f"family.{role}")
         if card is not None and card.get("tiny") and card.get("path"):
-            raise ValueError(
+            raise ConfigError(
                 f"family.{role}.path={card.path!r} and family.{role}.tiny are both set, and a tiny card never reads its path: "
                 f"to load the model at the path, also pass family.{role}.tiny=null family.{role}.train=null "
                 f"(and family.{role}.name=<its name>); to build the tiny model, drop family.{role}.path"
@@ -255,11 +262,11 @@ def validate(cfg) -> None:
 
 def dataset_group(name: str) -> dict:
     """The dataset group ``conf/dataset/<name>.yaml``, checked against the schema (transfer evaluation)."""
-    groups = ROOT / "conf" / "dataset"
+    groups = CONF / "dataset"
     path = groups / f"{name}.yaml"
     if not path.exists():
         names = ", ".join(sorted(p.stem for p in groups.glob("*.yaml")))
-        raise ValueError(f"evaluation.transfer names {name!r}, which is not a dataset group: use some of {names}")
+        raise ConfigError(f"evaluation.transfer names {name!r}, which is not a dataset group: use some of {names}")
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DatasetConf), OmegaConf.load(path)), resolve=True)
 
 
@@ -268,3 +275,13 @@ def register() -> None:
     ConfigStore.instance().store(name="schema", node=RunConf)
     if not OmegaConf.has_resolver("cms_root"):
         OmegaConf.register_new_resolver("cms_root", lambda: str(ROOT))
+    if not OmegaConf.has_resolver("cms_user_cache"):
+        OmegaConf.register_new_resolver("cms_user_cache", user_cache)
+
+
+def user_cache() -> str:
+    """The per-user cache of models and samples: $XDG_CACHE_HOME/cms, else ~/.cache/cms."""
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cms")
+
+
+register()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from cms.hub import unreachable as hub_unreachable
+
 CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
@@ -123,6 +125,30 @@ def _read_hub(spec: dict) -> Iterable[dict]:
         yield from datasets.load_dataset(spec["path"], name, split=spec["split"])
 
 
+ROW_FORMATS = {
+    "gsm8k": "one JSON object per line with 'question' and 'answer' (the worked solution, its last line '#### <number>')",
+    "math": "one JSON object per line with 'problem' (or 'question') and 'solution' (the answer in \\boxed{}), "
+            "optionally 'answer', 'level', 'type'",
+}
+
+
+def missing_file(data_dir: str | Path, name: str, splits: list[str], fmt: str, hub: Optional[dict], why: str) -> str:
+    """The message for dataset files that are not there: what they must hold and where to get them."""
+    files = [Path(data_dir) / name / f"{split}.jsonl" for split in splits]
+    get = []
+    for split, path in zip(splits, files):
+        spec = (hub or {}).get(split)
+        if spec:
+            names = spec.get("name")
+            config = f", {names!r}" if isinstance(names, str) else ""
+            many = " (one call per config of the list, concatenated)" if isinstance(names, list) else ""
+            get.append(f"datasets.load_dataset({spec['path']!r}{config}, split={spec['split']!r}).to_json('{path}'){many}")
+    where = f"; on a machine with hub access: {'; '.join(get)}" if get else ""
+    return (f"dataset file{'s' if len(files) > 1 else ''} {', '.join(map(str, files))} not found, and {why}: set paths.data_dir "
+            f"(or CMS_DATA_DIR) to a folder holding {', '.join(f'{name}/{p.name}' for p in files)}, each "
+            f"{ROW_FORMATS.get(fmt, 'one JSON object per line')}{where}")
+
+
 def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None, procedural: Optional[dict] = None) -> list[Record]:
     """All records of one split: generated (arith), the local jsonl if present, else the hub dataset."""
     if procedural:
@@ -133,15 +159,13 @@ def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[di
     if path.exists():
         return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{path}:{lineno}") for i, (lineno, row) in enumerate(_read_jsonl(path))]
     spec = (hub or {}).get(split)
-    if not spec:
-        raise DataError(f"dataset file {path} not found and no hub dataset is configured for split {split!r}: set paths.data_dir (or CMS_DATA_DIR) to a folder holding {name}/{split}.jsonl")
+    offline = hub_unreachable() if spec else None
+    if not spec or offline:
+        raise DataError(missing_file(data_dir, name, [split], fmt, hub, f"the hub is unreachable ({offline})" if spec else "no hub dataset is configured"))
     try:
         rows = list(_read_hub(spec))
     except Exception as err:  # the hub raises many kinds of network errors
-        raise DataError(
-            f"dataset file {path} not found, and loading {spec['path']} from the hub failed ({err.__class__.__name__}): "
-            f"set paths.data_dir (or CMS_DATA_DIR) to a folder holding {name}/{split}.jsonl"
-        ) from err
+        raise DataError(missing_file(data_dir, name, [split], fmt, hub, f"loading {spec['path']} from the hub failed ({err.__class__.__name__})")) from err
     return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{spec['path']}[{split}] row {i}") for i, row in enumerate(rows)]
 
 

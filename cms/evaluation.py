@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock
-from tqdm import tqdm
 
-from cms import data, estimators, grading, resume, sampling
+from cms import data, estimators, grading, progress, resume, sampling
 from cms.data import PromptFormat, Record
 
 log = logging.getLogger(__name__)
@@ -43,24 +42,26 @@ def fingerprint(model_path: str, records: list[Record], exemplars: list[Record],
 
 
 def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt: str, prompt_format: PromptFormat,
-        sampler: dict, max_new_tokens: int, stop: list[str], out_path: str | Path, grading_cfg: Optional[dict] = None) -> dict:
-    """Greedy pass@1 of ``model_path`` on ``records``; per-question outputs go to ``out_path`` (jsonl)."""
+        sampler: dict, max_new_tokens: int, stop: list[str], out_path: str | Path, grading_cfg: Optional[dict] = None,
+        desc: Optional[str] = "evaluating") -> dict:
+    """Greedy pass@1 of ``model_path`` on ``records``; per-question outputs go to ``out_path`` (jsonl).
+    ``desc``: the progress bar's name (None: the caller shows progress)."""
     out_path = Path(out_path)
     summary_path = out_path.with_suffix(".json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(model_path, records, exemplars, fmt=fmt, prompt_format=prompt_format, sampler=sampler,
                      max_new_tokens=max_new_tokens, stop=stop, grading_cfg=grading_cfg)
-    with FileLock(str(out_path) + ".lock"):
+    with FileLock(str(out_path.with_name(f".{out_path.name}.lock"))):  # hidden: evaluations in a cell directory lock too
         done = resume.reuse(summary_path, fp, "an evaluation")
         if done is not None:
             return done
         prompts = [prompt_format.prompt(r, exemplars) for r in records]
         engine = sampling.from_config(sampler, model_path)
         try:
-            outs = engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=stop, seeds=[[0]] * len(prompts), desc="evaluating")
+            outs = engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=stop, seeds=[[0]] * len(prompts), desc=desc)
         finally:
             engine.close()
-        verdicts = grading.grade(fmt, [(o[0].text, r.answer) for o, r in zip(outs, records)], **(grading_cfg or {}))
+        verdicts = grading.grade(fmt, [(o[0].text, r.answer) for o, r in zip(outs, records)], progress=desc is not None, **(grading_cfg or {}))
         data.write_rows(out_path, ({"id": r.id, "question": r.question, "reference": r.solution, "gold": r.answer,
                                     "output": o[0].text, "verdict": v} for r, o, v in zip(records, outs, verdicts)))
         n = len(records)
@@ -128,9 +129,11 @@ def select(checkpoints: list[dict], val: list[Record], exemplars: list[Record], 
         last = checkpoints[-1]
         return {**last, "val_accuracy": None}
     scores = []
-    for ck in tqdm(checkpoints, desc="validating checkpoints", disable=len(checkpoints) < 2):
-        summary = run(ck["path"], val, exemplars, out_path=validation_path(out_dir, ck["step"]), **eval_args)
-        scores.append({"step": ck["step"], "accuracy": summary["accuracy"]})
+    with progress.bar(len(checkpoints), f"validating {len(checkpoints)} checkpoints", unit="checkpoint") as bar:
+        for ck in checkpoints:
+            summary = run(ck["path"], val, exemplars, out_path=validation_path(out_dir, ck["step"]), desc=None, **eval_args)
+            scores.append({"step": ck["step"], "accuracy": summary["accuracy"]})
+            bar.update()
     best = max(range(len(scores)), key=lambda i: (scores[i]["accuracy"], i))
     log.info("checkpoint selection on %d validation questions: %s; selected step %d", len(val),
              ", ".join(f"{s['step']}: {s['accuracy']:.3f}" for s in scores), scores[best]["step"])
@@ -144,7 +147,7 @@ def validator(*, records: list[dict], exemplars: list[dict], out_dir: str, quest
     prompt_format = PromptFormat(question_template, solution_template)
 
     def score(path: str, step: int) -> float:
-        return run(path, val, shots, out_path=validation_path(out_dir, step), prompt_format=prompt_format, **eval_args)["accuracy"]
+        return run(path, val, shots, out_path=validation_path(out_dir, step), prompt_format=prompt_format, desc=None, **eval_args)["accuracy"]
 
     return score
 

@@ -44,7 +44,7 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from torch.utils.data import DataLoader, Sampler
 
-from cms import data, models, resume
+from cms import data, models, progress, resume, threads
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -336,6 +336,28 @@ class Meter(L.Callback):
         self.curve, self.stats = state["curve"], state["stats"]
 
 
+class Progress(L.Callback):
+    """One bar for the training phase, in steps (Lightning's own counts epochs: 'Epoch 0/-2' for a run of max_steps)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def on_train_start(self, trainer, module):
+        if trainer.is_global_zero:
+            self.bar = progress.bar(trainer.max_steps, self.desc, unit="step")
+            self.bar.update(trainer.global_step)  # resumed: the steps already done
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.bar is not None:
+            self.bar.update(trainer.global_step - self.bar.n)
+            if trainer.global_step % 10 == 0:
+                self.bar.set_postfix_str(f"loss {float(outputs['mean_loss']):.3f}")
+
+    def on_train_end(self, trainer, module):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def checkpoint_path(out_dir: Path, step: int) -> Path:
     """Where the HF checkpoint of ``step`` is written."""
     return Path(out_dir) / "checkpoints" / f"step-{step:06d}"
@@ -509,7 +531,8 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
         max_length: int = 1024, precision: str = "32-true", accelerator: str = "auto", log_every: int = 10,
         seed: int = 0, packing: bool = True, pack_length: int | None = None, checkpoints: int = 1,
         save_every: int | None = None, peak_tflops: float | None = None, strategy: dict | None = None,
-        save_dtype: str = "fp32", keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None, **_) -> dict:
+        save_dtype: str = "fp32", keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None,
+        desc: str = "fine-tuning", **_) -> dict:
     """Fine-tune ``model_path`` on ``pairs`` for ``steps`` optimizer steps; return the metrics.
 
     Writes ``checkpoints`` evenly spaced HF checkpoints under ``out_dir/checkpoints/``
@@ -518,7 +541,7 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
     ``resume.StaleError``); a run stopped midway resumes from ``out_dir/last.ckpt``.
     ``keep_checkpoints="best"`` scores each checkpoint with ``validate`` (see
     ``evaluation.validator``) as it is written and keeps only the best so far.
-    ``wandb``: the run to log the curves to live (``tracking.Tracker.lightning``).
+    ``wandb``: the run to log the curves to live (``tracking.Tracker.lightning``); ``desc``: the progress bar's name.
     """
     out_dir = Path(out_dir)
     if save_dtype not in DTYPES:
@@ -532,7 +555,7 @@ def run(model_path: str, pairs: list[tuple[str, str]], out_dir: str | Path, *, s
                 schedule=schedule, grad_clip=grad_clip, max_length=max_length, precision=precision, accelerator=accelerator,
                 log_every=log_every, seed=seed, packing=packing, pack_length=pack_length, checkpoints=checkpoints,
                 save_every=save_every, peak_tflops=peak_tflops, strategy=strategy, save_dtype=save_dtype,
-                keep_checkpoints=keep_checkpoints, validate=validate, wandb=wandb)
+                keep_checkpoints=keep_checkpoints, validate=validate, wandb=wandb, desc=desc)
     fingerprint = {"model": model_path, "pairs": resume.digest(pairs), **{k: args[k] for k in FINGERPRINTED}}
     done = resume.reuse(out_dir / "finetune.json", fingerprint, "a finished fine-tuning")
     if done is not None:
@@ -567,7 +590,7 @@ def _launch(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, args: 
     if st.get("num_nodes", 1) > 1 or "SLURM_JOB_ID" in os.environ:  # in an allocation, SLURM starts the ranks
         cmd = srun_command(st, cmd)
     log.info("fine-tuning on %d node(s) x %d device(s): %s", st.get("num_nodes", 1), st.get("devices", 1), " ".join(cmd))
-    rc = subprocess.run(cmd).returncode
+    rc = subprocess.run(cmd, env=threads.for_children(st.get("devices", 1))).returncode
     if rc:
         raise RuntimeError(f"the fine-tuning processes failed (exit {rc}, their log is above). The kept data and {spec} "
                            f"stay; re-running the cell resumes from {out_dir / 'last.ckpt'} if one was written")
@@ -587,7 +610,8 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
            warmup_steps: int, weight_decay: float, schedule: str, grad_clip: float, max_length: int, precision: str,
            accelerator: str, log_every: int, seed: int, packing: bool, pack_length: int | None, checkpoints: int,
            save_every: int | None, peak_tflops: float | None, strategy: dict, save_dtype: str = "fp32",
-           keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None, fingerprint: dict | None = None) -> dict:
+           keep_checkpoints: str = "all", validate: dict | None = None, wandb: dict | None = None, fingerprint: dict | None = None,
+           desc: str = "fine-tuning") -> dict:
     L.seed_everything(seed, workers=True, verbose=False)
     tokenizer = models.load_tokenizer(model_path)
     tokenizer.padding_side = "right"
@@ -616,7 +640,7 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
     trainer = L.Trainer(
         max_steps=steps, accelerator=accelerator, devices=strategy.get("devices", 1), num_nodes=strategy.get("num_nodes", 1),
         strategy=_strategy(strategy, layers), precision=precision, logger=_logger(wandb), plugins=plugins,
-        gradient_clip_val=grad_clip or None, callbacks=[meter, keeper],
+        gradient_clip_val=grad_clip or None, callbacks=[meter, keeper, Progress(desc)], enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=log_every,
         num_sanity_val_steps=0, default_root_dir=str(out_dir), use_distributed_sampler=False,
     )
@@ -656,5 +680,6 @@ def _train(model_path: str, pairs: list[tuple[str, str]], out_dir: Path, *, step
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    progress.quiet()
     spec = json.loads(Path(sys.argv[1]).read_text())
     _train(spec["model_path"], [tuple(p) for p in spec["pairs"]], Path(sys.argv[1]).parent, fingerprint=spec.get("fingerprint"), **spec["args"])

@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing as mp
 import re
+import signal
 import time
 from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import wait
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from filelock import FileLock
-from tqdm import tqdm
 
 from cms.data import last_boxed
+from cms.progress import bar as progress_bar
 
 CORRECT, WRONG, UNGRADED = "correct", "wrong", "ungraded"
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -110,6 +111,7 @@ def equivalent(fmt: str, a: str, b: str) -> bool:
 
 
 def _worker(conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills the workers
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" warning
     while True:
         try:
@@ -147,7 +149,7 @@ def grade_in_workers(fmt: str, items: Sequence[tuple[str, str]], workers: int = 
     verdicts: list[Optional[str]] = [None] * len(items)
     pending = list(range(len(items)))[::-1]
     pool = [_Worker(ctx) for _ in range(max(1, min(workers, len(items))))]
-    bar = tqdm(total=len(items), desc=f"grading ({fmt})", disable=not progress, leave=False)
+    bar = progress_bar(len(items), f"grading ({fmt})" if progress else None, unit="answer")
 
     def feed(w: _Worker) -> None:
         if pending:

@@ -32,7 +32,7 @@ def _card(card) -> dict:
     return dict(card) if not isinstance(card, dict) else card
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or os.path.exists(path)
 
 
@@ -53,7 +53,7 @@ def model_config(card):
     if c.get("tiny"):
         return LlamaConfig(**{**TINY_DEFAULTS, **dict(c["tiny"])})
     path = c.get("path")
-    if path and _looks_local(path):
+    if path and looks_local(path):
         if not Path(path).expanduser().is_dir():
             raise ModelError(f"model path {path!r} of {c.get('name')!r} does not exist: fix family.<role>.path")
         return AutoConfig.from_pretrained(Path(path).expanduser())
@@ -141,7 +141,7 @@ def resolve(card, cache_dir: str | Path) -> str:
     path = c.get("path")
     if not path:
         raise ModelError(f"model card {c.get('name')!r} has no path to load weights from: set family.<role>.path")
-    if _looks_local(path):
+    if looks_local(path):
         local = Path(path).expanduser()
         if not (local / "config.json").exists():
             raise ModelError(

@@ -1,6 +1,6 @@
 """The answer of a sweep: WC data against SE data at a matched budget, as the paper's tables and figures.
 
-``python -m cms.report <sweep dir>`` reads every results.json and the graded
+``python -m cms.report SWEEP_DIR`` reads every results.json and the graded
 samples (graded.jsonl) under the folder and writes there:
 
 - ``report.md``: the data (per-sample accuracy, coverage, diversity, false
@@ -10,8 +10,9 @@ samples (graded.jsonl) under the folder and writes there:
   (pass@1 over k samples with its CI, maj@k, transfer), the false positives of
   the fine-tuned models (absolute points), and the crossover study when the sweep
   holds several budgets;
-- ``figures/*.png``: accuracy per setting (WC vs SE bars), coverage/diversity
-  curves per difficulty level against sampling FLOPs, accuracy against sampling FLOPs;
+- ``figures/*.png``: accuracy per setting (before fine-tuning, on WC data, on SE data;
+  each caption says what its error bars are), coverage/diversity curves per difficulty
+  level against sampling FLOPs (axes shared per row), accuracy against sampling FLOPs;
 - ``summary.csv`` / ``summary.md`` (a multirun writes these itself when its last cell ends);
 - one wandb run (offline unless the cells logged online, or ``--wandb-mode``) with the
   tables and figures, and with wandb online a W&B Report of those panels.
@@ -137,7 +138,7 @@ def accuracy_rows(results: list[dict]) -> list[dict]:
     rows = []
     for head, pairs in _pairs(results, group_fields(results) + ("setting",)):
         any_cell = next(iter(pairs[0].values()))
-        row = {**head, "learner": any_cell.get("finetuned")}
+        row = {**head, "learner": any_cell.get("finetuned"), "n_test": any_cell.get("n_test")}
         both = [p for p in pairs if p.get("wc", {}).get("accuracy") is not None and p.get("se", {}).get("accuracy") is not None]
         series = {
             "baseline_accuracy": [next(iter(p.values())).get("baseline_accuracy") for p in pairs],
@@ -386,7 +387,7 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
     return out
 
 
-def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: Optional[list[Path]] = None) -> str:
+def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: Optional[list[tuple[Path, str]]] = None) -> str:
     seeds = sorted({r.get("seed") for r in results}, key=str)
     out = [f"# WC vs SE data at a matched budget\n\n{len(results)} runs, seeds {seeds}"
            + ("; mean ± standard deviation across seeds" if len(seeds) > 1 else "") + ".\n"
@@ -404,12 +405,12 @@ def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: 
         out += [f"- {', '.join(d)}" for d in dups] + [""]
     if figures:
         out.append("## Figures\n")
-        out += [f"![{p.stem}](figures/{p.name})\n" for p in figures]
+        out += [f"![{p.stem}](figures/{p.name})\n\n*{caption}*\n" for p, caption in figures]
     return "\n".join(out)
 
 
-def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path]:
-    """The report's PNGs: accuracy bars, quality curves, crossover; those the sweep has data for."""
+def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tuple[Path, str]]:
+    """The report's PNGs with their captions: accuracy bars, quality curves, crossover; those the sweep has data for."""
     import matplotlib
     import matplotlib.ticker
 
@@ -417,25 +418,44 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, colors = [], {"wc": "tab:blue", "se": "tab:orange"}
+    written, colors = [], {"wc": "tab:blue", "se": "tab:orange", "before": "0.65"}
     shown = varying(results)
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.text(0.01, 0.01, caption, fontsize=7.5, ha="left", va="bottom", wrap=True)
+        written.append((out_dir / name, caption))
+        fig.savefig(written[-1][0], dpi=130)
+        plt.close(fig)
 
     rows = accuracy_rows(results)
     if rows:
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.6))
-        labels = ["\n".join([r["setting"]] + [str(r.get(k)) if k in ALWAYS else f"{k.removeprefix('cfg:')}={r.get(k)}" for k in shown]) for r in rows]
-        for j, (m, name) in enumerate((("wc", "acc_wc_data"), ("se", "acc_se_data"))):
-            xs = [i + (j - 0.5) * 0.38 for i in range(len(rows))]
-            ax.bar(xs, [100 * (r[name] or 0) for r in rows], 0.38, yerr=[100 * (r[name + "_std"] or 0) for r in rows],
-                   color=colors[m], label=f"{m.upper()} data", capsize=3)
+        seeds = max(r["seeds"] for r in rows)
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(rows) + 2), 4.4))
+        labels = ["\n".join([f"{r['setting']}: fine-tunes", str(r["learner"])]
+                            + [", ".join(f"{k}={r.get(k)}" for k in shown if k in ALWAYS)]
+                            + [f"{k.removeprefix('cfg:')}={r.get(k)}" for k in shown if k not in ALWAYS]) for r in rows]
+        width = 0.27
+        for j, (key, name, label) in enumerate((("before", "baseline_accuracy", "before fine-tuning"),
+                                                ("wc", "acc_wc_data", "on WC data"), ("se", "acc_se_data", "on SE data"))):
+            for i, r in enumerate(rows):
+                x, value = i + (j - 1) * width, r[name]
+                if value is None:  # a side with no result is named, not drawn as 0% (no 'before' bar: evaluation.baseline=false)
+                    if key != "before":
+                        ax.text(x, 1, "no\nresult", ha="center", va="bottom", fontsize=7, color=colors[key])
+                    continue
+                err = _bar_error(value, r[name + "_std"], r["seeds"], r.get("n_test"))
+                ax.bar(x, 100 * value, width, color=colors[key], label=label if i == next(k for k, q in enumerate(rows) if q[name] is not None) else None,
+                       yerr=None if err is None else 100 * err, capsize=3)
+                ax.text(x, 100 * value + (100 * err if err else 0) + 0.8, f"{100 * value:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(rows)), labels, fontsize=8)
-        ax.set_ylabel("pass@1 after fine-tuning (%)")
-        ax.set_title("Fine-tuned on WC vs SE data at a matched budget")
-        ax.legend()
-        fig.tight_layout()
-        written.append(out_dir / "accuracy.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        ax.set_ylabel("pass@1 on the test set (%)")
+        ax.set_ylim(0, min(100, 1.18 * max(100 * (r[n] or 0) for r in rows for n in ("baseline_accuracy", "acc_wc_data", "acc_se_data")) + 4))
+        ax.set_title("The learner before fine-tuning, and fine-tuned on WC vs SE data at a matched budget", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", ncols=3)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        bars = (f"error bars: ± standard deviation over {seeds} seeds" if seeds > 1 else
+                "error bars: 95% binomial interval over the test questions (one seed; seed-to-seed spread not shown)")
+        save(fig, "accuracy.png", f"Greedy pass@1; {bars}; 'before': the learner before fine-tuning, on the same test questions.")
 
     groups = defaultdict(list)
     for c in curves:
@@ -443,31 +463,37 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
     for gi, (_, cs) in enumerate(_sorted(groups)):
         questions = {c["level"]: c["questions"] for c in cs}
         levels = sorted(questions, key=lambda lv: (lv != "all", lv))
-        fig, axes = plt.subplots(2, len(levels), figsize=(3.2 * len(levels) + 0.8, 5.6), squeeze=False)
+        fig, axes = plt.subplots(2, len(levels), figsize=(2.9 * len(levels) + 1.0, 6.0), squeeze=False, sharey="row", sharex=True)
         for col, level in enumerate(levels):
             se = next((c for c in cs if c["level"] == level and c["model"] == "se"), None)
             for c in (c for c in cs if c["level"] == level):
+                one = len(c["k"]) == 1  # one sample per question: a point, drawn large enough to see
                 for row, metric in enumerate(("coverage", "diversity")):
                     xs = [k * c["flops_per_sample"] for k in c["k"]]
                     ys = [100 * v for v in c[metric]] if metric == "coverage" else c[metric]
-                    axes[row][col].plot(xs, ys, marker=".", color=colors[c["model"]], label=f"{c['model'].upper()} ({c['generator']})")
+                    axes[row][col].plot(xs, ys, marker="o" if one else ".", markersize=8 if one else 5, color=colors[c["model"]],
+                                        label=f"{c['model'].upper()} ({c['generator']}), " + ("1 sample per question" if one else f"k = 1..{c['k'][-1]}"))
             for row in range(2):
                 ax = axes[row][col]
                 if se:  # the compute-matched points: each SE budget k, where WC has drawn about (P_SE/P_WC) k samples
                     for k in se["k"]:
                         ax.axvline(k * se["flops_per_sample"], color="grey", linestyle=":", linewidth=0.8)
                 ax.set_xscale("log")
-                ax.set_title(f"{level} ({questions[level]} q)", fontsize=9)
-                ax.set_xlabel("sampling FLOPs per question", fontsize=8)
-            axes[0][col].set_ylabel("coverage@k (%)")
-            axes[1][col].set_ylabel("diversity@k")
-        axes[0][0].legend(fontsize=7)
+                ax.grid(alpha=0.3)
+            axes[0][col].set_title(f"{level} ({questions[level]} questions)", fontsize=9)
+            axes[1][col].set_xlabel("sampling FLOPs per question", fontsize=8)
+        axes[0][0].set_ylabel("coverage@k (%)")
+        axes[0][0].set_ylim(0, 102)
+        axes[1][0].set_ylabel("diversity@k (unique correct)")
+        axes[1][0].set_ylim(bottom=0)
+        axes[0][0].legend(fontsize=7, loc="lower right")
         head = cs[0]
-        fig.suptitle("coverage@k and diversity@k, dotted: compute-matched budgets — " + ", ".join(f"{k.removeprefix('cfg:')}={head[k]}" for k in shown if k in head), fontsize=9)
-        fig.tight_layout()
-        written.append(out_dir / f"quality_curves{'' if gi == 0 else f'_{gi}'}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        fig.suptitle("coverage@k and diversity@k against sampling compute" + (" — " if shown else "")
+                     + ", ".join(f"{k.removeprefix('cfg:')}={head[k]}" for k in shown if k in head), fontsize=10)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        save(fig, f"quality_curves{'' if gi == 0 else f'_{gi}'}.png",
+             "Each curve: k = 1..S samples per question from the stored samples (unbiased estimators); dotted lines: SE's "
+             "budgets, where WC has spent the same FLOPs. One sample per question is a single point. Axes shared per row.")
 
     xrows = crossover_rows(results)
     if xrows:
@@ -485,11 +511,17 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[Path
             ax.set_ylabel("pass@1 after fine-tuning (%)")
             ax.set_title(f"{dataset} / {setting}")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out_dir / "crossover.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        save(fig, "crossover.png", "pass@1 after fine-tuning against the sampling FLOPs per question of the data; one point per budget.")
     return written
+
+
+def _bar_error(value: float, std: Optional[float], seeds: int, n_test: Optional[int]) -> Optional[float]:
+    """The error bar of an accuracy: the spread over seeds, or with one seed the half-width of a
+    95% binomial (normal approximation) interval over the ``n_test`` questions."""
+    if seeds > 1:
+        return std
+    return 1.96 * (value * (1 - value) / n_test) ** 0.5 if n_test else None
 
 
 def _logger_settings(results: list[dict]) -> dict:
@@ -524,7 +556,10 @@ def log_wandb(sweep_dir: Path, tabs: dict, pngs: list[Path], settings: dict) -> 
         url = None
         if settings.get("mode") == "online":
             url = _wandb_report(run, name, keys, [f"figure/{p.stem}" for p in pngs])
+        where = Path(run.dir).parent
+        page = run.url if settings.get("mode") == "online" else None
         run.finish()
+        print(f"wandb run: {page} ({where})" if page else f"wandb run (offline): {where}; upload it with: wandb sync {where}")
         return url
     except Exception as err:
         log.warning("wandb report run failed (%s: %s); the report is in %s", err.__class__.__name__, err, sweep_dir / "report.md")
@@ -570,8 +605,9 @@ def write_report(sweep_dir: str | Path, wandb_mode: Optional[str] = None) -> lis
     write_summary(sweep_dir)
     curves = quality_curves(results)
     (sweep_dir / "curves.json").write_text(json.dumps(curves))
-    pngs = figures(results, curves, sweep_dir / "figures")
-    (sweep_dir / "report.md").write_text(markdown(results, curves, pngs))
+    captioned = figures(results, curves, sweep_dir / "figures")
+    pngs = [p for p, _ in captioned]
+    (sweep_dir / "report.md").write_text(markdown(results, curves, captioned))
     settings = _logger_settings(results)
     if wandb_mode:  # asked for explicitly: log even when the cells had logger=none
         settings.update(mode=wandb_mode, backend="wandb")
@@ -585,10 +621,16 @@ class SummaryCallback(Callback):
     """Writes the sweep's summary when a multirun ends."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        if config.get("detach") and "Slurm" in str(config.hydra.launcher.get("_target_", "")):
+            return  # submitted, not run: python -m cms.slurm collect writes the summary
         try:
-            write_summary(config.hydra.sweep.dir)
+            write_summary(sweep)
         except Exception as err:  # the cells' results are on disk; the summary can be rebuilt with cms.report
-            log.error("could not write the sweep summary (%s); run: python -m cms.report %s", err, config.hydra.sweep.dir)
+            log.error("could not write the sweep summary (%s); run: python -m cms.report %s", err, sweep)
+            return
+        print(f"\nthe grid is in {sweep}\n  its summary: {sweep / 'summary.md'}\n"
+              f"  next, the tables and figures: python -m cms.report {sweep}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

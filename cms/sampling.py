@@ -19,21 +19,22 @@ dataset split and questions, prompt text, decoding parameters, backend, seed) in
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
-from cms import models
+from cms import models, progress
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ def seed_for(seed: int, qid: str, index: int) -> int:
 def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     hits = [text.find(s) for s in stop if s in text]
     return (text[: min(hits)], True) if hits else (text, False)
+
+
+@functools.cache
+def _cache_name() -> str:
+    """The KV cache's name in a forward call and its output: ``cache`` in recent transformers, which warn about
+    the older ``past_key_values`` on every run."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 
 class HFSampler:
@@ -91,7 +102,7 @@ class HFSampler:
         mask = enc.attention_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        cache, logits = getattr(out, _cache_name()), out.logits[:, -1, :]
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits, mask, pos = (t.repeat_interleave(n, 0) for t in (logits, mask, pos))
@@ -125,16 +136,19 @@ class HFSampler:
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             pos = pos + 1
             ids = torch.tensor(picked, device=self.device)[:, None]
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1, :]
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{_cache_name(): cache})
+            cache, logits = getattr(out, _cache_name()), out.logits[:, -1, :]
         return [[result[q * n + i] for i in range(n)] for q in range(len(prompts))]
 
-    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc="sampling"):
-        """``n`` samples for each prompt; ``seeds[q][i]`` seeds sample i of prompt q."""
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
+        """``n`` samples for each prompt; ``seeds[q][i]`` seeds sample i of prompt q. ``desc``: a progress
+        bar of that name (None: the caller shows the phase's progress)."""
         results = []
-        for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, unit="batch", leave=False):
-            end = start + self.batch_size
-            results += self._batch(prompts[start:end], n, temperature, top_p, max_new_tokens, stop, seeds[start:end])
+        with progress.bar(len(prompts), desc, unit="prompt") as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                end = start + self.batch_size
+                results += self._batch(prompts[start:end], n, temperature, top_p, max_new_tokens, stop, seeds[start:end])
+                bar.update(len(prompts[start:end]))
         return results
 
     def close(self) -> None:
@@ -158,18 +172,20 @@ class VLLMSampler:
         )
         self.batch_size = batch_size
 
-    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc="sampling"):
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
         from vllm import SamplingParams
 
         results = []
-        for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, unit="chunk", leave=False):
-            chunk = range(start, min(start + self.batch_size, len(prompts)))
-            params = [
-                SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=list(stop), seed=seeds[q][0])
-                for q in chunk
-            ]
-            for out in self.llm.generate([prompts[q] for q in chunk], params, use_tqdm=False):
-                results.append([Sample(o.text, len(o.token_ids), "stop" if o.finish_reason == "stop" else "length") for o in out.outputs])
+        with progress.bar(len(prompts), desc, unit="prompt") as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = range(start, min(start + self.batch_size, len(prompts)))
+                params = [
+                    SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=list(stop), seed=seeds[q][0])
+                    for q in chunk
+                ]
+                for out in self.llm.generate([prompts[q] for q in chunk], params, use_tqdm=False):
+                    results.append([Sample(o.text, len(o.token_ids), "stop" if o.finish_reason == "stop" else "length") for o in out.outputs])
+                bar.update(len(chunk))
         return results
 
     def close(self) -> None:
@@ -186,8 +202,10 @@ class VLLMSampler:
 BACKENDS = {"hf": HFSampler, "vllm": VLLMSampler}
 
 
-def _serve(conn, backend: str, path: str, options: dict) -> None:
+def _serve(conn, backend: str, path: str, options: dict, threads: int) -> None:
     """The child side of ``Isolated``: build the engine, answer generate calls until closed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes the child
+    torch.set_num_threads(threads)  # the parent's choice (cms.threads), not one per core
     try:
         engine = BACKENDS[backend](path, **options)
         conn.send(("ok", engine.batch_size))
@@ -212,7 +230,7 @@ class Isolated:
     def __init__(self, backend: str, path: str, **options):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options, torch.get_num_threads()), daemon=True)
         self.proc.start()
         child.close()
         self.batch_size = self._answer()
@@ -260,10 +278,11 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path, repair: bool = True) -> list[dict]:
     """The rows of a jsonl shard. Lines that do not parse as a sample (a torn tail
-    from a crash mid-write, a corrupted line) are dropped and cut from the file, so
-    their samples are drawn again (same seeds, same samples) and the rest are kept."""
+    from a crash mid-write, a corrupted line) are dropped and, with ``repair`` (only
+    under the shard's lock), cut from the file, so their samples are drawn again
+    (same seeds, same samples) and the rest are kept."""
     rows, bad = [], 0
     if not path.exists():
         return rows
@@ -277,7 +296,7 @@ def _read_rows(path: Path) -> list[dict]:
             rows.append(row)
         else:
             bad += 1
-    if bad:
+    if bad and repair:
         log.warning("sampling: dropped %d unreadable line(s) from %s (a torn or corrupted write); "
                     "their samples are drawn again, the other %d are kept", bad, path, len(rows))
         tmp = path.with_suffix(".repair")
@@ -305,7 +324,7 @@ def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decod
     with path.open("a", encoding="utf-8") as f:
         for indices, group in missing.items():
             seeds = [[seed_for(seed, q.id, i) for i in indices] for q, _ in group]
-            out = engine().generate([p for _, p in group], len(indices), seeds=seeds, desc="batch", **decoding)
+            out = engine().generate([p for _, p in group], len(indices), seeds=seeds, **decoding)
             lines = [json.dumps({"qid": q.id, "index": i, **asdict(s)}) + "\n"
                      for (q, _), samples in zip(group, out) for i, s in zip(indices, samples)]
             try:
@@ -347,11 +366,14 @@ def run(
     shards = [items[i : i + size] for i in range(0, len(items), size)]
     order = list(range(worker, len(shards), workers)) + [k for k in range(len(shards)) if k % workers != worker]
     engine = None
+    stored = {(r["qid"], r["index"]) for k in range(len(shards)) for r in _read_rows(store / f"shard-{k:05d}.jsonl", repair=False)}
+    # a model still to be built (a toy model is trained) is built before the sampling bar appears
+    path = models.resolve(generator, cache_dir) if any((q.id, i) not in stored for q, _ in items for i in range(n)) else None
 
     def get_engine():
         nonlocal engine
         if engine is None:
-            engine = from_config(sampler, models.resolve(generator, cache_dir), seed=seed)
+            engine = from_config(sampler, path or models.resolve(generator, cache_dir), seed=seed)
         return engine
 
     meta = store / f"meta.{os.getpid()}.tmp"  # several processes may share the store: write, then rename
@@ -359,7 +381,7 @@ def run(
     meta.replace(store / "meta.json")
     drawn, pending = 0, []
     try:
-        with tqdm(desc=f"sampling {generator['name']}", unit="sample", total=n * len(items)) as bar:
+        with progress.bar(n * len(items), f"sampling {generator['name']}", unit="sample") as bar:
             for k in order:  # first the shards that nobody else is drawing
                 lock = FileLock(str(store / f"shard-{k:05d}.lock"))
                 try:

@@ -8,8 +8,8 @@ the sweep directory (job id, cell directory, overrides of each cell), and with
 grid survives the SSH session that submitted it. A refused submission (bad
 partition, account, time) fails with sbatch's reason and the key that fixes it.
 
-    python -m cms.slurm status <sweep dir>    # each cell's SLURM state, finished or not
-    python -m cms.slurm collect <sweep dir>   # summary.csv/md from the finished cells
+    python -m cms.slurm status SWEEP_DIR    # each cell's SLURM state, finished or not
+    python -m cms.slurm collect SWEEP_DIR   # summary.csv/md from the finished cells
 
 Preemption and time limits: submitit catches the signal, calls the launcher's
 ``checkpoint`` and requeues the cell, which resumes from what it saved (sample
@@ -51,7 +51,10 @@ def status(sweep_dir: str | Path) -> list[dict]:
     sweep_dir = Path(sweep_dir)
     manifest = sweep_dir / MANIFEST
     if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: {sweep_dir} was not submitted with hydra/launcher=submitit_slurm")
+        if not sweep_dir.is_dir():
+            raise FileNotFoundError(f"{sweep_dir} is not a directory: give the sweep directory of a grid submitted to SLURM")
+        raise FileNotFoundError(f"{sweep_dir} holds no {MANIFEST}: it was not submitted with hydra/launcher=submitit_slurm "
+                                f"(a grid run here has all its cells in it: python -m cms.report {sweep_dir} summarises it)")
     m = json.loads(manifest.read_text())
     states = _states(m["folder"], [c["job_id"] for c in m["cells"]])
     return [{"num": c["num"], "job_id": c["job_id"], "state": states[c["job_id"]],
@@ -63,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=["status", "collect"])
     ap.add_argument("sweep_dir")
     a = ap.parse_args(argv)
-    rows = status(a.sweep_dir)
+    try:
+        rows = status(a.sweep_dir)
+    except FileNotFoundError as err:
+        ap.exit(2, f"error: {err}\n")
     for r in rows:
         print(f"{r['num']:>4}  {r['job_id']:<14} {r['state']:<24} {'finished' if r['finished'] else '-':<9} {r['dir']}")
     done = sum(r["finished"] for r in rows)

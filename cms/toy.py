@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cms import arith, finetuning, models
+from cms import arith, finetuning, models, threads
 from cms.data import PromptFormat
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def build(card: dict, directory: Path) -> Path:
     corpus = arith.load("pretrain", {"pretrain": spec["corpus_size"], "test": spec.get("test_size", 500)}, seed=spec.get("data_seed", 0))
     pairs = examples(corpus, spec.get("seed", 0))
     tok = tokenizer([p + c for p, c in pairs], card["tiny"].get("vocab_size", 512))
+    threads.refresh()
     log.info("training toy model %s from scratch: %d params, %d steps on %d examples (cached afterwards in %s)",
              card["name"], models.count_params(card), spec["steps"], len(pairs), directory)
     with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
@@ -61,7 +62,7 @@ def build(card: dict, directory: Path) -> Path:
         metrics = finetuning.run(str(init), pairs, Path(tmp) / "train", steps=spec["steps"],
                                  batch_size=spec.get("batch_size", 32), lr=spec.get("lr", 2e-3),
                                  warmup_steps=spec.get("warmup_steps", 50), schedule="cosine", max_length=spec.get("max_length", 256),
-                                 seed=spec.get("seed", 0), log_every=50)
+                                 seed=spec.get("seed", 0), log_every=50, desc=f"training {card['name']}")
         shutil.move(metrics["checkpoint"], directory)
     log.info("toy model %s trained: loss %.3f -> %.3f", card["name"], metrics["train_loss_first"], metrics["train_loss_last"])
     return directory

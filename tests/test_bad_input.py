@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from cms import run, sampling
+from cms import sampling
+from cms.cell import run_cell
 from cms.budget import BudgetError
 from cms.data import DataError
 from cms.models import ModelError
@@ -54,18 +55,21 @@ def test_misspelt_key_is_refused_at_compose_time():
 def test_missing_model_path_names_the_key_and_keeps_the_samples(env, tmp_path):
     cache = Path(env["CMS_CACHE_DIR"])
     with pytest.raises(ModelError, match=r"does not exist or holds no config.json: fix family.<role>.path"):
-        run.run_cell(cell("setting=kd", "family.student.tiny=null", "family.student.path=/no/such/model"), tmp_path / "a")
+        run_cell(cell("setting=kd", "family.student.tiny=null", "family.student.path=/no/such/model"), tmp_path / "a")
     drawn = samples_in(cache)
     assert drawn  # sampling came first and its samples are stored
-    run.run_cell(cell("setting=kd"), tmp_path / "b")  # fixed: the samples are reused as they are
+    run_cell(cell("setting=kd"), tmp_path / "b")  # fixed: the samples are reused as they are
     assert all(samples_in(cache)[k] == v for k, v in drawn.items())
 
 
 def test_missing_dataset_file_says_where_to_point(env, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"gsm8k/train.jsonl not found, and loading openai/gsm8k from the hub failed "
-                                         r"\(ConnectionError\): set paths.data_dir \(or CMS_DATA_DIR\) to a folder holding"):
-        run.run_cell(cell(f"paths.data_dir={tmp_path / 'empty'}"), tmp_path / "run")
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"gsm8k/train.jsonl not found, and the hub is unreachable \(HF_HUB_OFFLINE=1\): "
+                                         r"set paths.data_dir \(or CMS_DATA_DIR\) to a folder holding gsm8k/train.jsonl, each one "
+                                         r"JSON object per line with 'question' and 'answer'.*datasets.load_dataset\('openai/gsm8k'"):
+        run_cell(cell(f"paths.data_dir={tmp_path / 'empty'}"), tmp_path / "run")
+    assert time.monotonic() - start < 20  # no hub retries
     assert not (tmp_path / "run" / "results.json").exists()
 
 
@@ -86,32 +90,32 @@ def _dataset_with(tmp_path, bad_line: str) -> Path:
 def test_bad_dataset_row_names_file_and_line(env, tmp_path, bad, message):
     root = _dataset_with(tmp_path, bad)
     with pytest.raises(DataError, match=message):
-        run.run_cell(cell(f"paths.data_dir={root}"), tmp_path / "run")
+        run_cell(cell(f"paths.data_dir={root}"), tmp_path / "run")
 
 
 def test_budget_too_small_for_one_sample_names_the_smallest(env, tmp_path):
     with pytest.raises(BudgetError, match=r"smallest budget"):
-        run.run_cell(cell("budget=flops", "budget.flops_per_question=10"), tmp_path / "run")
+        run_cell(cell("budget=flops", "budget.flops_per_question=10"), tmp_path / "run")
 
 
 def test_absurd_budget_is_refused_before_any_sampling(env, tmp_path):
     with pytest.raises(BudgetError, match=r"max_samples_per_question.*lower the budget"):
-        run.run_cell(cell("budget=flops", "budget.flops_per_question=1e30"), tmp_path / "run")
+        run_cell(cell("budget=flops", "budget.flops_per_question=1e30"), tmp_path / "run")
     assert not samples_in(Path(env["CMS_CACHE_DIR"]))
 
 
 def test_prompt_longer_than_the_context_names_the_fix(env, tmp_path):
     with pytest.raises(ValueError, match=r"exceeds the model's context of \d+: lower dataset.num_shots or dataset.max_new_tokens"):
-        run.run_cell(cell("dataset.num_shots=8", "+family.wc.tiny.max_position_embeddings=512"), tmp_path / "run")
+        run_cell(cell("dataset.num_shots=8", "+family.wc.tiny.max_position_embeddings=512"), tmp_path / "run")
 
 
 def test_unwritable_output_directory_names_the_key(env, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(PermissionError, match=r"cannot write .*point paths.output_dir \(CMS_OUTPUT_DIR\) or hydra.run.dir at a writable"):
-        run.run_cell(cell(), blocker / "run")
+        run_cell(cell(), blocker / "run")
     with pytest.raises(PermissionError, match=r"point paths.cache_dir \(CMS_CACHE_DIR\)"):
-        run.run_cell(cell(f"paths.cache_dir={blocker / 'cache'}"), tmp_path / "run")
+        run_cell(cell(f"paths.cache_dir={blocker / 'cache'}"), tmp_path / "run")
     assert blocker.read_text() == "not a directory"
 
 
@@ -129,10 +133,10 @@ def test_full_disk_while_writing_samples_keeps_what_was_written(env, tmp_path, m
     monkeypatch.setattr(sampling, "_append", fills_up)
     cfg = cell("model=wc", "sampler.batch_size=4", "stop_after=sampling")
     with pytest.raises(OSError, match=r"disk full while writing samples .*move paths.cache_dir .*samples stored before are kept"):
-        run.run_cell(cfg, tmp_path / "a")
+        run_cell(cfg, tmp_path / "a")
     monkeypatch.setattr(sampling, "_append", real)
     first = calls[0].splitlines()
-    out = run.run_cell(cfg, tmp_path / "b")  # space freed: the torn half-batch is cut, the rest drawn
+    out = run_cell(cfg, tmp_path / "b")  # space freed: the torn half-batch is cut, the rest drawn
     rows = [json.loads(line) for text in samples_in(Path(env["CMS_CACHE_DIR"])).values() for line in text.splitlines()]
     assert out["samples"] == len(rows) == len({(r["qid"], r["index"]) for r in rows})
     assert [json.loads(line) for line in first] == [r for r in rows if (r["qid"], r["index"]) in {(json.loads(x)["qid"], json.loads(x)["index"]) for x in first}]
@@ -141,12 +145,12 @@ def test_full_disk_while_writing_samples_keeps_what_was_written(env, tmp_path, m
 @pytest.mark.parametrize("damage", ["corrupt", "truncate"])
 def test_damaged_cache_shard_keeps_its_good_rows(env, tmp_path, damage, caplog):
     cfg = cell("model=wc", "stop_after=sampling")
-    run.run_cell(cfg, tmp_path / "a")
+    run_cell(cfg, tmp_path / "a")
     [(path, good)] = samples_in(Path(env["CMS_CACHE_DIR"])).items()
     lines = good.decode().splitlines(keepends=True)
     broken = lines[:3] + ["\x00\x17garbage{\n"] + lines[3:] if damage == "corrupt" else lines[:-1] + [lines[-1][:20]]
     Path(path).write_text("".join(broken))
-    out = run.run_cell(cfg, tmp_path / "b")
+    out = run_cell(cfg, tmp_path / "b")
     assert "unreadable line(s)" in caplog.text and "drawn again" in caplog.text
     assert out["samples"] == len(lines)
     assert sorted(Path(path).read_text().splitlines()) == sorted(good.decode().splitlines())  # same samples, nothing lost
@@ -154,7 +158,7 @@ def test_damaged_cache_shard_keeps_its_good_rows(env, tmp_path, damage, caplog):
 
 def test_nan_loss_stops_with_the_fix_and_keeps_the_data(env, tmp_path):
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+: lower finetune.lr"):
-        run.run_cell(cell("data.source=reference", "finetune.lr=1e30", "finetune.grad_clip=0", "finetune.steps=8"), tmp_path / "run")
+        run_cell(cell("data.source=reference", "finetune.lr=1e30", "finetune.grad_clip=0", "finetune.steps=8"), tmp_path / "run")
     assert len((tmp_path / "run" / "kept.jsonl").read_text().splitlines()) == 8
     assert not (tmp_path / "run" / "results.json").exists()
 
@@ -200,12 +204,12 @@ def test_secrets_never_reach_outputs(env, tmp_path):
 
 def test_unknown_transfer_dataset_fails_before_any_work(env, tmp_path):
     with pytest.raises(ValueError, match=r"evaluation.transfer names 'gsm9k'.*use some of arith, gsm8k, math"):
-        run.run_cell(cell("evaluation.transfer=[gsm9k]"), tmp_path / "run")
+        run_cell(cell("evaluation.transfer=[gsm9k]"), tmp_path / "run")
     assert not (tmp_path / "run" / "kept.jsonl").exists()
 
 
 def test_unknown_judge_role_and_keep_name_the_choices(env, tmp_path):
     with pytest.raises(ValueError, match=r"judge.role='strong' is not one of null, wc, se, student"):
-        run.run_cell(cell("judge.role=strong"), tmp_path / "run")
+        run_cell(cell("judge.role=strong"), tmp_path / "run")
     with pytest.raises(ValueError, match=r"data.keep='best' is not one of all, one"):
-        run.run_cell(cell("data.keep=best"), tmp_path / "run")
+        run_cell(cell("data.keep=best"), tmp_path / "run")

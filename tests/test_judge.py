@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cms import arith, filtering, finetuning, judge, models, resume, run
+from cms import arith, cell, filtering, finetuning, judge, models, resume
 from test_run import compose_cell
 
 
@@ -71,7 +71,7 @@ def test_a_local_judge_runs_end_to_end_and_its_verdicts_are_parsed(tiny_family, 
 def test_judge_in_a_cell_with_the_familys_model(env, tmp_path):
     """judge=se: the cell's kept solutions and correct test answers go through the judge."""
     cfg = compose_cell("setting=self", "debug=smoke", "data.source=reference", "judge=se", "judge.subset=5", "judge.max_new_tokens=8")
-    results = run.run_cell(cfg, tmp_path / "cell")
+    results = cell.run_cell(cfg, tmp_path / "cell")
     verdicts = [json.loads(line) for line in (tmp_path / "cell" / "judge_train.jsonl").read_text().splitlines()]
     assert len(verdicts) == 5 and all(set(v) == {"id", "output", "valid"} for v in verdicts)
     assert results["n_judged"] + results["judge_unparsed"] == 5

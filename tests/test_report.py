@@ -80,3 +80,30 @@ def test_paired_bootstrap_interval_over_seeds_and_questions(tmp_path):
     assert flat["relative_gain"] == 0 and flat["gain_ci95_low"] == 0 == flat["gain_ci95_high"]
     assert "excludes 0" in report.markdown(sweep(tmp_path / "c", cells, correct))
     assert json.dumps(row)  # summary.csv-able
+
+
+def test_the_accuracy_figure_draws_before_and_no_missing_side_and_says_what_its_error_bars_are(tmp_path, monkeypatch):
+    """Before: no 'before fine-tuning' bar, a missing side drawn as a 0% bar, zero-length error bars for one seed
+    with no word on what they are, and ticks that did not say who was fine-tuned."""
+    import matplotlib.axes
+
+    drawn, texts, ticks = [], [], []
+    bar, text, xticks = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.text, matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, x, h, *a, **k: drawn.append((round(x, 2), h, k.get("yerr"))) or bar(self, x, h, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s) or text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", lambda self, pos, labels=None, **k: ticks.extend(labels or []) or xticks(self, pos, labels, **k))
+    one_seed = [cell("wc", "kd", 0, 0.30), cell("se", "kd", 0, 0.20), cell("wc", "self", 0, 0.5), cell("se", "self", 0, None)]
+    for r in one_seed:
+        r["n_test"] = 100
+    [(png, caption)] = [f for f in report.figures(one_seed, [], tmp_path) if f[0].name == "accuracy.png"]
+    assert png.exists() and "95% binomial interval over the test questions (one seed" in caption
+    heights = {x: h for x, h, _ in drawn}
+    assert heights[-0.27] == heights[0.73] == 10.0  # the 'before' bars (baseline 10%), one per setting
+    assert heights[0.0] == 30.0 and heights[0.27] == 20.0 and 1.27 not in heights  # self's SE side: not a 0% bar
+    assert "no\nresult" in texts
+    assert ticks[0].startswith("kd: fine-tunes\ntoy-student")
+    errs = {x: e for x, _, e in drawn}
+    assert abs(errs[0.0] - 100 * 1.96 * (0.3 * 0.7 / 100) ** 0.5) < 1e-9  # not a zero-length bar
+    seeds = [cell("wc", "kd", 0, 0.3), cell("se", "kd", 0, 0.2), cell("wc", "kd", 1, 0.4), cell("se", "kd", 1, 0.3)]
+    [(_, caption)] = [f for f in report.figures(seeds, [], tmp_path / "2") if f[0].name == "accuracy.png"]
+    assert "± standard deviation over 2 seeds" in caption

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -15,13 +17,10 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
+from cms import preflight
 from cms.slurm import MANIFEST
 
 log = logging.getLogger(__name__)
-
-
-class SubmissionRefused(RuntimeError):
-    pass
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
@@ -43,12 +42,13 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         try:
             jobs = executor.map_array(self, *zip(*jobs_params))
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as e:
-            raise SubmissionRefused(
-                f"SLURM refused the grid's submission: {str(e).strip()[-600:]}\n"
-                "Fix the launcher settings it names: hydra.launcher.partition (`sinfo -s` lists partitions; or "
-                "CMS_SLURM_PARTITION), hydra.launcher.account, hydra.launcher.timeout_min, hydra.launcher.gpus_per_node. "
-                "Nothing was queued; results of earlier runs are untouched."
-            ) from None
+            if preflight.new_folder is not None:  # leave nothing behind: the folders this command made
+                shutil.rmtree(preflight.new_folder, ignore_errors=True)
+            print(f"error: SLURM refused the grid's submission: {' '.join(str(e).split())[-600:]}. "
+                  "Fix the launcher settings it names: hydra.launcher.partition (`sinfo -s` lists partitions; or "
+                  "CMS_SLURM_PARTITION), hydra.launcher.account, hydra.launcher.timeout_min, hydra.launcher.gpus_per_node. "
+                  "Nothing was queued; results of earlier runs are untouched.", file=sys.stderr)
+            raise SystemExit(2) from None
         for cell, job in zip(cells, jobs):
             cell["job_id"] = job.job_id
         manifest = sweep_dir / MANIFEST

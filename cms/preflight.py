@@ -1,0 +1,160 @@
+"""Check every input a run or grid needs before its first cell starts: dataset
+files, model paths, unknown keys, the launcher. A grid with a missing file fails
+once, in a second, with one message naming each cause and its fix, instead of
+once per cell after minutes of hub retries; nothing is created.
+
+``Preflight`` is a Hydra callback (``conf/config.yaml``): it expands a multirun's
+overrides into its cells and checks each cell's config.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cms import config, data, hub, models
+
+
+new_folder: Path | None = None  # the top folder a multirun's sweep directory creates (removed when nothing could start)
+
+
+class PreflightError(ValueError):
+    """Inputs a run needs that are missing; the message names each and its fix."""
+
+
+def _card_problem(key: str, card: dict) -> str | None:
+    """What is wrong with loading a family card's weights here, if anything."""
+    if card.get("tiny"):
+        return None
+    path = card.get("path")
+    if not path:
+        return f"{key}.path is not set: a hub id or a local HF model directory"
+    if models.looks_local(path):
+        if not (Path(path).expanduser() / "config.json").exists():
+            return f"{key}.path={path}: no HF model directory there (no config.json); fix {key}.path"
+        return None
+    why = hub.unreachable()
+    if why and not hub.cached(path):
+        return (f"{key}.path={path} is a hub id, the hub is unreachable ({why}) and this machine's hub cache does not hold it: "
+                f"set {key}.path to a local HF model directory")
+    return None
+
+
+def problems(c: dict) -> list[str]:
+    """Everything one cell's resolved config (a plain dict) needs and does not have."""
+    out, family, ds = [], c["family"], c["dataset"]
+    roles = {c["setting"]["learner"]} | ({c["model"]["role"]} if c["data"]["source"] == "sampled" else set())
+    if c["judge"]["role"]:
+        roles.add(c["judge"]["role"])
+    for role in sorted(roles):
+        out.append(_card_problem(f"family.{role}", family[role]))
+    if c["judge"]["model"]:
+        out.append(_card_problem("judge.model", c["judge"]["model"]))
+    datasets = [ds] + [config.dataset_group(name) for name in c["evaluation"]["transfer"]]
+    for d in datasets:
+        if d.get("procedural"):
+            continue
+        missing = [split for split in dict.fromkeys((d["train_split"], d["test_split"]))
+                   if not (Path(c["paths"]["data_dir"]) / d["name"] / f"{split}.jsonl").exists()]
+        hub_specs = [s for s in missing if (d.get("hub") or {}).get(s)]
+        why = hub.unreachable() if len(hub_specs) == len(missing) else None
+        if missing and (why or len(hub_specs) < len(missing)):
+            reason = f"the hub is unreachable ({why})" if why else "no hub dataset is configured for it"
+            out.append(data.missing_file(c["paths"]["data_dir"], d["name"], missing, d["answer_format"], d.get("hub"), reason))
+    return [p for p in out if p]
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys added with ``+key=value`` that no part of the schema reads (``+modle=wc``): the run would
+    silently ignore them. Keys under free-form fields (``family.<role>.tiny``, ``.train``) are allowed."""
+    out = []
+
+    def walk(node, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        fields = getattr(schema, "__dataclass_fields__", None)
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            name = f"{prefix}{key}"
+            if fields is not None and key not in fields:
+                out.append(name)
+            elif fields is not None and isinstance(node._get_node(key), DictConfig):
+                walk(node._get_node(key), name + ".")
+
+    walk(cfg, "")
+    return [k for k in out if k != "hydra"]
+
+
+def _launcher_problem(cfg: DictConfig) -> str | None:
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        return ("hydra/launcher=submitit_slurm needs SLURM, and sbatch is not on this machine's PATH: run the command on "
+                "the cluster's login node, or drop hydra/launcher=submitit_slurm to run the cells here")
+    return None
+
+
+def check(cfgs: list[DictConfig]) -> None:
+    """Raise ``PreflightError`` naming every problem of ``cfgs`` (the cells of a run or grid), each once."""
+    found = [_launcher_problem(cfgs[0])] if cfgs else []
+    for cfg in cfgs:
+        extra = unknown_keys(cfg)
+        if extra:
+            found.append(_unknown_message(extra))
+            continue
+        config.validate(cfg)
+        found += problems({k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                           for k, v in cfg.items() if k != "hydra"})
+    found = list(dict.fromkeys(p for p in found if p))
+    if found:
+        cells = f" ({len(cfgs)} cells checked, none started)" if len(cfgs) > 1 else ""
+        raise PreflightError(f"cannot start{cells}: " + (found[0] if len(found) == 1 else "\n  - " + "\n  - ".join(found)))
+
+
+def _unknown_message(keys: list[str]) -> str:
+    import difflib
+
+    parts = []
+    for key in keys:
+        head, _, leaf = key.rpartition(".")
+        known = list(getattr(OmegaConf.get_type(OmegaConf.structured(config.RunConf)), "__dataclass_fields__", {}))
+        if head:
+            node = OmegaConf.select(OmegaConf.structured(config.RunConf), head)
+            known = list(node.keys()) if isinstance(node, DictConfig) else []
+        near = difflib.get_close_matches(leaf, known, n=1)
+        parts.append(f"+{key} is not a cms setting" + (f" (did you mean {(head + '.') if head else ''}{near[0]}?)" if near else ""))
+    return "; ".join(parts) + ": drop it (a '+' adds a key the run never reads); `python -m cms.run --help` lists the groups"
+
+
+def cell_configs(config: DictConfig) -> list[DictConfig]:
+    """The configs of the cells of a multirun whose composed (sweep) config is ``config``."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    loader = GlobalHydra.instance().config_loader()
+    return [loader.load_sweep_config(config, list(cell)) for batch in batches for cell in batch]
+
+
+class Preflight(Callback):
+    """Checks a run's or a grid's inputs before anything starts; a problem ends the command with its message."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check([config])
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global new_folder
+        sweep = Path(str(config.hydra.sweep.dir)).absolute()
+        new_folder = None if sweep.exists() else next(p for p in [sweep, *sweep.parents] if p.parent.exists())
+        self._check(cell_configs(config))
+
+    @staticmethod
+    def _check(cfgs: list[DictConfig]) -> None:
+        try:
+            check(cfgs)
+        except (PreflightError, config.ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
