@@ -149,6 +149,18 @@ def missing_file(data_dir: str | Path, name: str, splits: list[str], fmt: str, h
             f"{ROW_FORMATS.get(fmt, 'one JSON object per line')}{where}")
 
 
+def unavailable(data_dir: str | Path, name: str, splits: list[str], fmt: str, hub: Optional[dict]) -> Optional[str]:
+    """Why some of ``splits`` can be read neither from ``data_dir`` nor from the hub (the message for the
+    user, with what the files hold and where to get them), or None when all can."""
+    missing = [split for split in splits if not (Path(data_dir) / name / f"{split}.jsonl").exists()]
+    if not missing:
+        return None
+    if any(not (hub or {}).get(split) for split in missing):
+        return missing_file(data_dir, name, missing, fmt, hub, "no hub dataset is configured for it")
+    offline = hub_unreachable()
+    return missing_file(data_dir, name, missing, fmt, hub, f"the hub is unreachable ({offline})") if offline else None
+
+
 def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None, procedural: Optional[dict] = None) -> list[Record]:
     """All records of one split: generated (arith), the local jsonl if present, else the hub dataset."""
     if procedural:
@@ -158,10 +170,10 @@ def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[di
     path = Path(data_dir) / name / f"{split}.jsonl"
     if path.exists():
         return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{path}:{lineno}") for i, (lineno, row) in enumerate(_read_jsonl(path))]
-    spec = (hub or {}).get(split)
-    offline = hub_unreachable() if spec else None
-    if not spec or offline:
-        raise DataError(missing_file(data_dir, name, [split], fmt, hub, f"the hub is unreachable ({offline})" if spec else "no hub dataset is configured"))
+    problem = unavailable(data_dir, name, [split], fmt, hub)
+    if problem:
+        raise DataError(problem)
+    spec = hub[split]
     try:
         rows = list(_read_hub(spec))
     except Exception as err:  # the hub raises many kinds of network errors

@@ -54,17 +54,10 @@ def problems(c: dict) -> list[str]:
         out.append(_card_problem(f"family.{role}", family[role]))
     if c["judge"]["model"]:
         out.append(_card_problem("judge.model", c["judge"]["model"]))
-    datasets = [ds] + [config.dataset_group(name) for name in c["evaluation"]["transfer"]]
-    for d in datasets:
-        if d.get("procedural"):
-            continue
-        missing = [split for split in dict.fromkeys((d["train_split"], d["test_split"]))
-                   if not (Path(c["paths"]["data_dir"]) / d["name"] / f"{split}.jsonl").exists()]
-        hub_specs = [s for s in missing if (d.get("hub") or {}).get(s)]
-        why = hub.unreachable() if len(hub_specs) == len(missing) else None
-        if missing and (why or len(hub_specs) < len(missing)):
-            reason = f"the hub is unreachable ({why})" if why else "no hub dataset is configured for it"
-            out.append(data.missing_file(c["paths"]["data_dir"], d["name"], missing, d["answer_format"], d.get("hub"), reason))
+    for d in [ds] + [config.dataset_group(name) for name in c["evaluation"]["transfer"]]:
+        if not d.get("procedural"):
+            splits = list(dict.fromkeys((d["train_split"], d["test_split"])))
+            out.append(data.unavailable(c["paths"]["data_dir"], d["name"], splits, d["answer_format"], d.get("hub")))
     return [p for p in out if p]
 
 
@@ -73,15 +66,16 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     silently ignore them. Keys under free-form fields (``family.<role>.tiny``, ``.train``) are allowed."""
     out = []
 
-    def walk(node, prefix: str) -> None:
-        schema = OmegaConf.get_type(node)
-        fields = getattr(schema, "__dataclass_fields__", None)
-        for key in node.keys() if isinstance(node, DictConfig) else ():
-            name = f"{prefix}{key}"
-            if fields is not None and key not in fields:
-                out.append(name)
-            elif fields is not None and isinstance(node._get_node(key), DictConfig):
-                walk(node._get_node(key), name + ".")
+    def walk(node: DictConfig, prefix: str) -> None:
+        fields = getattr(OmegaConf.get_type(node), "__dataclass_fields__", None)
+        if fields is None:  # a free-form dict
+            return
+        for key in node.keys():
+            child = node._get_node(key)
+            if key not in fields:
+                out.append(f"{prefix}{key}")
+            elif isinstance(child, DictConfig):
+                walk(child, f"{prefix}{key}.")
 
     walk(cfg, "")
     return [k for k in out if k != "hydra"]
@@ -115,14 +109,11 @@ def check(cfgs: list[DictConfig]) -> None:
 def _unknown_message(keys: list[str]) -> str:
     import difflib
 
-    parts = []
+    schema, parts = OmegaConf.structured(config.RunConf), []
     for key in keys:
         head, _, leaf = key.rpartition(".")
-        known = list(getattr(OmegaConf.get_type(OmegaConf.structured(config.RunConf)), "__dataclass_fields__", {}))
-        if head:
-            node = OmegaConf.select(OmegaConf.structured(config.RunConf), head)
-            known = list(node.keys()) if isinstance(node, DictConfig) else []
-        near = difflib.get_close_matches(leaf, known, n=1)
+        node = OmegaConf.select(schema, head) if head else schema
+        near = difflib.get_close_matches(leaf, list(node.keys()) if isinstance(node, DictConfig) else [], n=1)
         parts.append(f"+{key} is not a cms setting" + (f" (did you mean {(head + '.') if head else ''}{near[0]}?)" if near else ""))
     return "; ".join(parts) + ": drop it (a '+' adds a key the run never reads); `python -m cms.run --help` lists the groups"
 

@@ -27,13 +27,13 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def bar(total: int | None, desc: str | None, unit: str = "it", leave: bool = False):
+def bar(total: int | None, desc: str | None, unit: str = "it"):
     """A progress bar for one phase: tqdm on a terminal, periodic log lines elsewhere; none
     without a ``desc`` (the caller shows the phase's progress)."""
     if desc is None:
         return LogLines(total, "", unit, quiet=True)
     if on_terminal():
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
     return LogLines(total, desc, unit)
 
 

@@ -434,7 +434,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
         labels = ["\n".join([f"{r['setting']}: fine-tunes", str(r["learner"])]
                             + [", ".join(f"{k}={r.get(k)}" for k in shown if k in ALWAYS)]
                             + [f"{k.removeprefix('cfg:')}={r.get(k)}" for k in shown if k not in ALWAYS]) for r in rows]
-        width = 0.27
+        width, labelled = 0.27, set()  # each series named once in the legend
         for j, (key, name, label) in enumerate((("before", "baseline_accuracy", "before fine-tuning"),
                                                 ("wc", "acc_wc_data", "on WC data"), ("se", "acc_se_data", "on SE data"))):
             for i, r in enumerate(rows):
@@ -444,8 +444,9 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
                         ax.text(x, 1, "no\nresult", ha="center", va="bottom", fontsize=7, color=colors[key])
                     continue
                 err = _bar_error(value, r[name + "_std"], r["seeds"], r.get("n_test"))
-                ax.bar(x, 100 * value, width, color=colors[key], label=label if i == next(k for k, q in enumerate(rows) if q[name] is not None) else None,
+                ax.bar(x, 100 * value, width, color=colors[key], label=None if key in labelled else label,
                        yerr=None if err is None else 100 * err, capsize=3)
+                labelled.add(key)
                 ax.text(x, 100 * value + (100 * err if err else 0) + 0.8, f"{100 * value:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(rows)), labels, fontsize=8)
         ax.set_ylabel("pass@1 on the test set (%)")

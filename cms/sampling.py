@@ -65,7 +65,6 @@ def _cache_name() -> str:
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-
 class HFSampler:
     """Batched sampling with HF transformers and a hand-rolled KV-cache decode loop."""
 
@@ -102,7 +101,8 @@ class HFSampler:
         mask = enc.attention_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache, logits = getattr(out, _cache_name()), out.logits[:, -1, :]
+        kv = _cache_name()
+        cache, logits = getattr(out, kv), out.logits[:, -1, :]
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits, mask, pos = (t.repeat_interleave(n, 0) for t in (logits, mask, pos))
@@ -136,8 +136,8 @@ class HFSampler:
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             pos = pos + 1
             ids = torch.tensor(picked, device=self.device)[:, None]
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{_cache_name(): cache})
-            cache, logits = getattr(out, _cache_name()), out.logits[:, -1, :]
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache})
+            cache, logits = getattr(out, kv), out.logits[:, -1, :]
         return [[result[q * n + i] for i in range(n)] for q in range(len(prompts))]
 
     def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
@@ -278,11 +278,10 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_rows(path: Path, repair: bool = True) -> list[dict]:
+def _read_rows(path: Path) -> list[dict]:
     """The rows of a jsonl shard. Lines that do not parse as a sample (a torn tail
-    from a crash mid-write, a corrupted line) are dropped and, with ``repair`` (only
-    under the shard's lock), cut from the file, so their samples are drawn again
-    (same seeds, same samples) and the rest are kept."""
+    from a crash mid-write, a corrupted line) are dropped and cut from the file, so
+    their samples are drawn again (same seeds, same samples) and the rest are kept."""
     rows, bad = [], 0
     if not path.exists():
         return rows
@@ -296,7 +295,7 @@ def _read_rows(path: Path, repair: bool = True) -> list[dict]:
             rows.append(row)
         else:
             bad += 1
-    if bad and repair:
+    if bad:
         log.warning("sampling: dropped %d unreadable line(s) from %s (a torn or corrupted write); "
                     "their samples are drawn again, the other %d are kept", bad, path, len(rows))
         tmp = path.with_suffix(".repair")
@@ -311,7 +310,7 @@ def _append(f, text: str) -> None:
     os.fsync(f.fileno())
 
 
-def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decoding: dict, bar) -> int:
+def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decoding: dict, advance) -> int:
     """Draw what one shard lacks, under the shard's lock; returns the samples drawn."""
     path = store / f"shard-{shard:05d}.jsonl"
     have = {(r["qid"], r["index"]) for r in _read_rows(path)}
@@ -336,7 +335,7 @@ def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decod
                               f"paths.cache_dir (CMS_CACHE_DIR) elsewhere and run again. The samples stored before "
                               f"are kept; the next run draws only the rest") from None
             drawn += len(lines)
-            bar.update(len(lines))
+            advance(len(lines))
     return drawn
 
 
@@ -365,38 +364,42 @@ def run(
     items = list(zip(questions, prompts))
     shards = [items[i : i + size] for i in range(0, len(items), size)]
     order = list(range(worker, len(shards), workers)) + [k for k in range(len(shards)) if k % workers != worker]
-    engine = None
-    stored = {(r["qid"], r["index"]) for k in range(len(shards)) for r in _read_rows(store / f"shard-{k:05d}.jsonl", repair=False)}
-    # a model still to be built (a toy model is trained) is built before the sampling bar appears
-    path = models.resolve(generator, cache_dir) if any((q.id, i) not in stored for q, _ in items for i in range(n)) else None
+    engine, bar = None, None
 
     def get_engine():
-        nonlocal engine
+        """The engine, built when a shard first lacks samples; the sampling bar starts after it, not while
+        the model is built (a toy model is trained)."""
+        nonlocal engine, bar
         if engine is None:
-            engine = from_config(sampler, path or models.resolve(generator, cache_dir), seed=seed)
+            engine = from_config(sampler, models.resolve(generator, cache_dir), seed=seed)
+            bar = progress.bar(n * len(items), f"sampling {generator['name']}", unit="sample")
         return engine
+
+    def advance(k: int) -> None:
+        bar.update(k)
 
     meta = store / f"meta.{os.getpid()}.tmp"  # several processes may share the store: write, then rename
     meta.write_text(json.dumps({"generator": generator, "seed": seed, "decoding": decoding, "sampler": sampler, **key_parts}, indent=2, default=str))
     meta.replace(store / "meta.json")
     drawn, pending = 0, []
     try:
-        with progress.bar(n * len(items), f"sampling {generator['name']}", unit="sample") as bar:
-            for k in order:  # first the shards that nobody else is drawing
-                lock = FileLock(str(store / f"shard-{k:05d}.lock"))
-                try:
-                    lock.acquire(timeout=0)
-                except TimeoutError:
-                    pending.append(k)
-                    continue
-                try:
-                    drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, bar)
-                finally:
-                    lock.release()
-            for k in pending:  # then wait for the others' shards, finishing any they left undone
-                with FileLock(str(store / f"shard-{k:05d}.lock")):
-                    drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, bar)
+        for k in order:  # first the shards that nobody else is drawing
+            lock = FileLock(str(store / f"shard-{k:05d}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except TimeoutError:
+                pending.append(k)
+                continue
+            try:
+                drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, advance)
+            finally:
+                lock.release()
+        for k in pending:  # then wait for the others' shards, finishing any they left undone
+            with FileLock(str(store / f"shard-{k:05d}.lock")):
+                drawn += _draw(get_engine, store, k, shards[k], n, seed, decoding, advance)
     finally:
+        if bar is not None:
+            bar.close()
         if engine is not None:
             engine.close()
     have = {}

@@ -3,8 +3,8 @@
 PyTorch's default (one intra-op thread per core) is right for a machine the run
 has to itself and badly wrong on a shared one: every parallel region waits for
 its slowest thread, and a thread that shares its core with another busy process
-is slow. On 2 cores beside one CPU-bound process the default toy grid took ten
-times longer with 2 threads than with 1 (``benchmarks/threads.py``).
+is slow. On 2 cores beside one CPU-bound process the fresh default toy grid took
+581 s with PyTorch's 2 threads and 284 s with 1 (``benchmarks/threads.py``).
 
 ``threads=auto`` (the default) counts the cores this process may run on (its CPU
 affinity: a SLURM allocation or ``taskset``), measures over a short window how
