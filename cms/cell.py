@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,9 +27,8 @@ log = logging.getLogger("cms")
 def _writable(path: Path, what: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # a probe of this process's own: cells sharing the cache check it at once
+            pass
     except OSError as err:
         raise PermissionError(f"cannot write {path} ({err.strerror or err}), {what} at a writable directory") from None
 

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from cms import sampling
+from cms import cell as cell_module
 from cms.cell import run_cell
 from cms.budget import BudgetError
 from cms.data import DataError
@@ -213,3 +215,24 @@ def test_unknown_judge_role_and_keep_name_the_choices(env, tmp_path):
         run_cell(cell("judge.role=strong"), tmp_path / "run")
     with pytest.raises(ValueError, match=r"data.keep='best' is not one of all, one"):
         run_cell(cell("data.keep=best"), tmp_path / "run")
+
+
+def test_cells_sharing_a_directory_check_it_writable_at_once(tmp_path):
+    """Six SLURM cells start together and each checks the shared cache: the check must not trip over
+    the others' (before: one probe name for all, so a cell's unlink or write failed and it stopped)."""
+    errors = []
+
+    def check():
+        for _ in range(300):
+            try:
+                cell_module._writable(tmp_path, "the cache")
+            except PermissionError as err:
+                errors.append(err)
+
+    workers = [threading.Thread(target=check) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors[0]
+    assert not list(tmp_path.iterdir())  # nothing left behind
