@@ -54,9 +54,15 @@ def test_grid_on_slurm_equals_the_local_grid_and_samples_each_set_once(env, tmp_
     print(f"six cells on SLURM: {time.time() - started:.1f} s")
     manifest = json.loads((cluster / "jobs.json").read_text())
     assert len(manifest["cells"]) == 6 and len({c["job_id"] for c in manifest["cells"]}) == 6
-    state = subprocess.run([sys.executable, "-m", "cms.slurm", "status", str(cluster)], capture_output=True, text=True)
-    print(state.stdout)
-    assert state.stdout.count("COMPLETED") == 6 and "6/6 cells finished" in state.stdout
+    # the launcher returns once each job has written its result; a job's process may still be
+    # exiting then, so SLURM can show it RUNNING for a moment longer
+    for _ in range(60):
+        state = subprocess.run([sys.executable, "-m", "cms.slurm", "status", str(cluster)], capture_output=True, text=True).stdout
+        if state.count("COMPLETED") == 6:
+            break
+        time.sleep(1)
+    print(state)
+    assert state.count("COMPLETED") == 6 and "6/6 cells finished" in state
     # every cell ran as a SLURM job, and the numbers are the local run's
     assert all(Path(c["dir"], "results.json").exists() for c in manifest["cells"])
     assert results_of(cluster) == results_of(local)
