@@ -60,8 +60,16 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
              b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"],
              f", WC:SE ratio {plan.ratio_exact:.3f} drawn as {plan.ratio_used:g}" if plan.ratio_exact else "")
 
-    exemplars, questions, val = data.split_exemplars(_split(c, ds, "train_split"), ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
-    test = _split(c, ds, "test_split", ds["test_limit"])
+    train, test = _split(c, ds, "train_split"), _split(c, ds, "test_split")
+    sources = {split: {**data.provenance(ds["name"], ds[f"{split}_split"], c["paths"]["data_dir"], ds["hub"], ds["procedural"]),
+                       "rows": len(records)} for split, records in (("train", train), ("test", test))}
+    log.info("data: %s train from %s; test from %s", ds["name"], data.describe(sources["train"]), data.describe(sources["test"]))
+    exemplars, questions, val = data.split_exemplars(train, ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
+    test = test[: ds["test_limit"]] if ds["test_limit"] is not None else test
+    changed = grading.gold_changes(ds["answer_format"], [r.answer for r in exemplars + questions + val + test])
+    if changed:
+        log.info("grading: %d gold answers are read other than as written (a trailing period, thin spaces or thousands commas, "
+                 "unbraced \\frac or \\sqrt, a unit: cms.grading.normalise_math)", changed)
     eval_args = _eval_args(c, ds)
     fmt = eval_args["prompt_format"]
 
@@ -76,12 +84,11 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         rows, _, store = sampling.run(
             generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
             sampler=_sampler_for(c["sampler"], generator), decoding=decoding, seed=c["seed"], cache_dir=cache,
-            key_parts={"dataset": ds["name"], "split": ds["train_split"], "prompts": sampling.cache_key(p=prompts)},
+            key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": sources["train"], "prompts": sampling.cache_key(p=prompts)},
             worker=c["sampler"]["worker"], workers=c["sampler"]["workers"],
         )
         gold = {q.id: q.answer for q in questions}
-        verdicts = grading.grade_cached(store / f"grades-{ds['answer_format']}.json", ds["answer_format"],
-                                        [(r["text"], gold[r["qid"]]) for r in rows], [f"{r['qid']}:{r['index']}" for r in rows], **c["grading"])
+        verdicts = grading.grade_cached(store / "verdicts.json", ds["answer_format"], [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
         kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None, c["data"]["keep"])
         data.write_rows(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t)))
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
@@ -98,8 +105,8 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     if ev["baseline"]:
         shots = ds["num_shots"] if ev["baseline_shots"] is None else ev["baseline_shots"]
         base_args = {**eval_args, "sampler": _sampler_for(eval_args["sampler"], learner_card)}
-        key = sampling.cache_key(card=models.card_key(learner_card), ds=ds, **evaluation.fingerprint(learner_path, test, exemplars[:shots], **base_args))
-        baseline = evaluation.run(learner_path, test, exemplars[:shots], out_path=cache / "evals" / key / "outputs.jsonl", **base_args)
+        baseline = evaluation.run(learner_path, test, exemplars[:shots], **base_args,
+                                  out_path=baseline_path(cache, learner_card, learner_path, ds, test, exemplars[:shots], base_args))
 
     fpr_judge = _judge(c["judge"], family, c["sampler"], cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")
     tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group,
@@ -130,7 +137,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "generator_params": params[role], "finetuned_params": models.count_params(learner_card),
         "match": b["match"], "se_samples": b["se_samples"], "ratio": b["ratio"], "keep": c["data"]["keep"],
         "rounding": b["rounding"], "ratio_exact": plan.ratio_exact, "ratio_used": plan.ratio_used,
-        "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"],
+        "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"], "data": sources,
         "samples_per_question": plan.samples_per_question,
         "planned_flops": plan.planned_flops_per_question * n_q,
         "spent_flops": spent["spent_flops"], "mean_solution_tokens": spent["mean_solution_tokens"],
@@ -191,6 +198,14 @@ def _claim(run_dir: Path, c: dict) -> dict:
 def _sampler_for(sampler: dict, card: dict) -> dict:
     """The sampler config for a family card's model: its ``dtype`` unless ``sampler.dtype`` names one."""
     return {**sampler, "dtype": card.get("dtype") or "auto"} if sampler.get("dtype", "auto") == "auto" else sampler
+
+
+def baseline_path(cache: Path, card: dict, path: str, ds: dict, test: list, exemplars: list, eval_args: dict) -> Path:
+    """Where the learner's evaluation before fine-tuning is cached, shared by every cell with the same learner:
+    keyed by the card, its weights' identity, the dataset group and everything the evaluation depends on."""
+    key = sampling.cache_key(card=models.card_key(card), weights=models.card_weights(card), ds=ds,
+                             **evaluation.fingerprint(path, test, exemplars, **eval_args))
+    return cache / "evals" / key / "outputs.jsonl"
 
 
 def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:

@@ -27,6 +27,7 @@ class ModelCard:
     tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally
     train: Optional[Dict[str, Any]] = None  # with tiny: train from scratch on arith (cms.toy)
     price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price)
+    adds_bos: bool = False  # with tiny: its tokenizer starts every prompt with BOS (as Gemma's and Llama's do)
     dtype: str = "auto"  # the weights' dtype: tiny models are built in it; sampling, baseline and judge load the card in it (sampler.dtype=auto)
 
 
@@ -67,7 +68,7 @@ class DatasetConf:
     answer_format: str = MISSING  # gsm8k (numeric) | math (math-verify)
     train_split: str = "train"
     test_split: str = "test"
-    hub: Dict[str, Any] = field(default_factory=dict)  # split -> {path, name, split} for datasets.load_dataset
+    hub: Dict[str, Any] = field(default_factory=dict)  # split -> {path, name, split, revision} for datasets.load_dataset
     procedural: Optional[Dict[str, Any]] = None  # generated, not read: {sizes: {split: n}, seed, levels} (arith)
     num_shots: int = 8
     question_template: str = "Question: {question}\nAnswer:"
@@ -91,11 +92,15 @@ class SamplerConf:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 8  # questions per batch (hf); prompts per LLM.generate call (vllm)
+    max_rows: int = 256  # hf: at most this many sample rows (questions x samples) in one forward, whatever n is
     isolate: bool = False  # run the backend in a child process, freeing its memory when done (vllm: true)
     worker: int = 0  # this process's share of a pass split across `workers` processes
     workers: int = 1
     gpu_memory_utilization: float = 0.85
+    cpu_memory_utilization: float = 0.2  # vllm's CPU build: the share of memory for the KV cache
+    enforce_eager: bool = False  # vllm: no graph capture or compilation (a faster start, e.g. for tiny models on CPU)
     tensor_parallel_size: int = 1
+    per_index_seed: bool = True  # vllm: one seeded request per (question, index), so sample i does not depend on the budget
     dtype: str = "auto"
 
 
@@ -229,7 +234,7 @@ CHOICES = {
 
 # settings that say where or how fast a cell runs, not what it computes
 UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "threads", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
-                   "sampler.batch_size", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.tensor_parallel_size",
+                   "sampler.batch_size", "sampler.max_rows", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.cpu_memory_utilization", "sampler.enforce_eager", "sampler.tensor_parallel_size",
                    "grading.workers", "evaluation.batch_size", "finetune.log_every", "finetune.save_every", "finetune.peak_tflops",
                    "finetune.accelerator", "finetune.strategy")
 

@@ -38,7 +38,8 @@ def fingerprint(model_path: str, records: list[Record], exemplars: list[Record],
     return {"model": str(model_path), "questions": resume.digest([(r.id, r.question, r.answer) for r in records]),
             "exemplars": [r.id for r in exemplars], "fmt": fmt, "prompt": [prompt_format.question_template, prompt_format.solution_template],
             "max_new_tokens": max_new_tokens, "stop": list(stop), "backend": sampler.get("backend", "hf"),
-            "dtype": sampler.get("dtype", "auto"), "grading_timeout_s": (grading_cfg or {}).get("timeout_s")}
+            "dtype": sampler.get("dtype", "auto"), "grading_timeout_s": (grading_cfg or {}).get("timeout_s"),
+            "grader": grading.GRADER_VERSION}
 
 
 def run(model_path: str, records: list[Record], exemplars: list[Record], *, fmt: str, prompt_format: PromptFormat,
@@ -99,18 +100,26 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
     finally:
         engine.close()
     flat = grading.grade(fmt, [(o.text, r.answer) for os_, r in zip(outs, records) for o in os_], **(grading_cfg or {}))
-    same = lambda a, b: grading.equivalent(fmt, a, b)  # noqa: E731
+    answers = [[grading.final_answer(fmt, o.text) for o in os_] for os_ in outs]
+    # every comparison a vote may make, in the killable grading workers: an answer math-verify cannot
+    # compare in time is a class of its own
+    pairs = sorted({(a, b) for per in answers for a in set(per) for b in set(per) if a is not None and b is not None and a < b})
+    known = grading.same_answers(fmt, pairs, **(grading_cfg or {}))
+    same = lambda a, b: a == b or bool(known.get((min(a, b), max(a, b))))  # noqa: E731
+    uncompared = sum(v is None for v in known.values())
+    if uncompared:
+        log.warning("maj@k: %d of %d answer pairs could not be compared within grading.timeout_s; each such answer "
+                    "votes on its own", uncompared, len(known))
     rows, per_question, votes = [], [], {m: [] for m in maj_k if m <= k}
     for q, (r, os_) in enumerate(zip(records, outs)):
         correct = [v == grading.CORRECT for v in flat[q * k:(q + 1) * k]]
-        answers = [grading.final_answer(fmt, o.text) for o in os_]
         per_question.append(sum(correct) / k)
         for m in votes:
-            votes[m].append(estimators.maj_at_k(answers, correct, m, same))
-        rows.append({"id": r.id, "gold": r.answer, "outputs": [o.text for o in os_], "answers": answers, "correct": correct})
+            votes[m].append(estimators.maj_at_k(answers[q], correct, m, same))
+        rows.append({"id": r.id, "gold": r.answer, "outputs": [o.text for o in os_], "answers": answers[q], "correct": correct})
     data.write_rows(out_path, rows)
     mean, ci = estimators.mean_ci(per_question) if per_question else (None, None)
-    summary = {"pass1_mean": mean, "pass1_ci95": ci, "k": k, "temperature": temperature, "n": len(records),
+    summary = {"pass1_mean": mean, "pass1_ci95": ci, "k": k, "temperature": temperature, "n": len(records), "maj_uncompared_pairs": uncompared,
                **{f"maj@{m}": sum(v) / len(v) if v else None for m, v in votes.items()}, "fingerprint": fp}
     data.write_json(summary_path, summary)
     return summary

@@ -53,11 +53,12 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int) -> list[dict]:
-    """input_ids and labels (solution tokens only, then EOS) for each (prompt, completion)."""
+    """input_ids and labels (solution tokens only, then EOS) for each (prompt, completion); the prompt's ids
+    are the samplers' (``models.prompt_ids``: BOS where the tokenizer adds one)."""
     examples = []
     for prompt, completion in pairs:
-        p = tokenizer(prompt, add_special_tokens=False).input_ids
-        c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        p = models.prompt_ids(tokenizer, prompt)
+        c = models.text_ids(tokenizer, completion) + [tokenizer.eos_token_id]
         ids = (p + c)[:max_length]
         labels = ([IGNORE] * len(p) + c)[:max_length]
         if any(t != IGNORE for t in labels):

@@ -40,6 +40,8 @@ def card_key(card) -> str:
     """A stable identity for a card: part of every cache key that depends on the model."""
     c = _card(card)
     key = {k: c.get(k) for k in ("name", "path", "arch", "tiny", "train")}
+    if c.get("tiny") and c.get("adds_bos"):
+        key["adds_bos"] = True
     if c.get("tiny") and c.get("dtype") not in (None, "auto"):
         key["dtype"] = c["dtype"]  # a tiny model is built in its card's dtype
     return json.dumps(key, sort_keys=True, default=str)
@@ -102,11 +104,24 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
+def adding_bos(tokenizer):
+    """``tokenizer`` made to start every encoded text with BOS, as Gemma's and Llama's do."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    return tokenizer
+
+
 def build_tiny(card, directory: Path, seed: int = 0, tokenizer=None) -> Path:
-    """Write a randomly initialised tiny Llama and its tokenizer (byte-level by default) as an HF directory."""
+    """Write a randomly initialised tiny Llama and its tokenizer (byte-level by default; adding BOS when
+    the card says ``adds_bos``) as an HF directory."""
     from transformers import LlamaForCausalLM
 
     tokenizer = tokenizer or byte_tokenizer()
+    if _card(card).get("adds_bos"):
+        tokenizer = adding_bos(tokenizer)
     config = model_config(card)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
     torch.manual_seed(seed)
@@ -152,6 +167,40 @@ def resolve(card, cache_dir: str | Path) -> str:
     return path
 
 
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def weights_id(path: str) -> str:
+    """What identifies the weights at ``path``, for cache keys: a local directory by its config and
+    its weight files' names, sizes and modification times (retraining into the same directory changes
+    it); a hub id by the commit it resolves to (the id alone when the hub cannot be asked)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        config = local / "config.json"
+        stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(local.iterdir())
+                 if f.name.endswith(WEIGHT_FILES) or f.name.endswith(".index.json")]
+        parts = [config.read_text() if config.exists() else "", stats]
+        return "local:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    from cms import hub
+
+    try:
+        if hub.unreachable():
+            snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
+            return f"hub:{path}@{Path(snapshot).parent.name if isinstance(snapshot, str) else 'unresolved'}"
+        return f"hub:{path}@{HfApi().model_info(path).sha}"
+    except Exception:  # not a hub id, a private or gated model, a network error: the id is all there is
+        return f"hub:{path}@unresolved"
+
+
+def card_weights(card) -> str | None:
+    """``weights_id`` of a card's model; None for a tiny card, which its card key already names (cms
+    builds it from that key, once)."""
+    c = _card(card)
+    return None if c.get("tiny") else weights_id(resolve(c, ""))
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -160,6 +209,18 @@ def load_tokenizer(path: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids of a prompt, for every backend (HF sampler, vLLM, fine-tuning, evaluation, judge):
+    the tokenizer's own special tokens, so BOS where the model was trained with one (Gemma, Llama)
+    and none where it was not (Qwen)."""
+    return tokenizer(prompt, add_special_tokens=True).input_ids
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of text that continues a prompt (a solution): no special tokens."""
+    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def load_model(path: str, dtype: str = "auto", device: str | None = None):

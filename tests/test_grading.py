@@ -16,7 +16,7 @@ GSM8K = [  # (model output, gold, expected)
     ("#### 0.5", "0.50", True),
     ("#### -3", "-3", True),
     ("#### 72.", "72", True),
-    ("so the total is 24 and 48 makes 72", "72", True),  # no ####: the last number
+    ("so the total is 24 and 48 makes 72", "72", False),  # no ####: no final answer (a cut-off solution is not kept)
     ("#### 7", "72", False),
     ("#### 3", "-3", False),
     ("#### 18.5", "18", False),
@@ -24,6 +24,15 @@ GSM8K = [  # (model output, gold, expected)
     ("#### 12 then 13", "13", False),  # the number after #### wins
     ("#### 1,000,000", "1000000", True),
     ("#### .5", "0.5", True),
+    # the whole final expression is read: a fraction is its value, anything else is no answer
+    ("#### 3/4", "3", False),
+    ("#### 3/4", "0.75", True),
+    ("#### 6/2 apples", "3", True),
+    ("#### 3^2", "3", False),
+    ("#### 3^2", "9", False),
+    ("#### \u22123", "-3", True),  # Unicode minus
+    ("#### \u22123", "3", False),
+    ("#### 3\nThe answer is 4", "3", True),  # only the line after ####
 ]
 
 MATH = [
@@ -52,6 +61,20 @@ MATH = [
     (r"$\boxed{-5}$", r"5", False),
     (r"no answer here", r"5", False),
     (r"$\boxed{2\pi}$", r"\pi", False),
+    # normalised on both sides: a trailing period, thin spaces and thousands commas, unbraced \frac and \sqrt, units
+    (r"$\boxed{5.}$", r"5", True),
+    (r"$\boxed{5}$", r"5.", True),
+    (r"$\boxed{111111111}$", r"111,\!111,\!111", True),
+    (r"$\boxed{111}$", r"111,\!111,\!111", False),
+    (r"$\boxed{\frac{\pi}{4} + 2 - \sqrt{2}}$", r"\frac \pi4 + 2 - \sqrt2", True),
+    (r"$\boxed{2}$", r"\frac \pi4 + 2 - \sqrt2", False),
+    (r"$\boxed{12}$", r"12\text { square inches}", True),
+    (r"$\boxed{12 \text{ inches}}$", r"12", True),
+    # a base subscript is compared exactly: math-verify ignores it
+    (r"$\boxed{2112_6}$", r"2112_7", False),
+    (r"$\boxed{2112_7}$", r"2112_7", True),
+    (r"$\boxed{2112_{7}}$", r"2112_7", True),
+    (r"$\boxed{2112}$", r"2112_7", False),
 ]
 
 
@@ -91,17 +114,29 @@ def test_every_math_reference_solution_grades_correct():
     assert verdicts.count(grading.CORRECT) == 4500
 
 
-def test_grades_are_cached(tmp_path):
-    path = tmp_path / "grades.json"
+def test_grades_are_cached_by_text_and_grader(tmp_path):
+    path = tmp_path / "verdicts.json"
     items = [("#### 3", "3"), ("#### 4", "3")]
-    assert grading.grade_cached(path, "gsm8k", items, ["q:0", "q:1"]) == [grading.CORRECT, grading.WRONG]
-    path.write_text('{"q:0": "wrong", "q:1": "wrong"}')  # a cached verdict is read back, not recomputed
-    assert grading.grade_cached(path, "gsm8k", items + [("#### 3", "3")], ["q:0", "q:1", "q:2"]) == [grading.WRONG, grading.WRONG, grading.CORRECT]
+    assert grading.grade_cached(path, "gsm8k", items) == [grading.CORRECT, grading.WRONG]
+    k0, k1 = (grading.verdict_key("gsm8k", t, g) for t, g in items)
+    path.write_text(json.dumps({k0: "wrong", k1: "wrong"}))  # a cached verdict is read back, not recomputed
+    assert grading.grade_cached(path, "gsm8k", items + [("#### 3", "3")]) == [grading.WRONG, grading.WRONG, grading.WRONG]
+    # another text for the same sample (a redrawn or edited store), another gold or format: graded afresh
+    assert grading.grade_cached(path, "gsm8k", [("#### 3.0", "3"), ("#### 4", "4")]) == [grading.CORRECT, grading.CORRECT]
+    assert grading.verdict_key("math", *items[0]) != k0
+
+
+def test_an_ungraded_verdict_is_retried_under_a_longer_time_limit(tmp_path):
+    path = tmp_path / "verdicts.json"
+    item = ("\\boxed{\\frac{1}{2}}", "0.5")
+    path.write_text(json.dumps({grading.verdict_key("math", *item): "ungraded@0.5"}))
+    assert grading.grade_cached(path, "math", [item], timeout_s=0.5) == [grading.UNGRADED]  # same limit: not retried
+    assert grading.grade_cached(path, "math", [item], timeout_s=5.0) == [grading.CORRECT]
+    assert json.loads(path.read_text()) == {grading.verdict_key("math", *item): "correct"}
 
 
 def _grade_shared(path):
-    items = [(f"#### {i}", str(i % 3)) for i in range(3000)]
-    return grading.grade_cached(path, "gsm8k", items, [f"q{i}:0" for i in range(3000)])
+    return grading.grade_cached(path, "gsm8k", [(f"#### {i}", str(i % 3)) for i in range(3000)])
 
 
 def test_grade_cache_shared_by_concurrent_processes(tmp_path):
@@ -111,3 +146,10 @@ def test_grade_cache_shared_by_concurrent_processes(tmp_path):
         results = pool.map(_grade_shared, [tmp_path / "grades.json"] * 4)
     assert all(r == results[0] for r in results) and results[0].count(grading.CORRECT) == 3
     assert len(json.loads((tmp_path / "grades.json").read_text())) == 3000
+
+
+def test_gold_answers_read_other_than_written_are_counted():
+    golds = ["5", "5.", r"111,\! 111", r"\frac \pi4", r"12\text { square inches}", r"\text{(C)}", r"\frac{1}{2}"]
+    assert grading.gold_changes("math", golds) == 4  # (C) is an answer, not a unit
+    assert [grading.normalise_math(g) for g in golds[1:5]] == ["5", "111111", r"\frac{\pi}{4}", "12"]
+    assert grading.gold_changes("gsm8k", golds) == 0

@@ -107,3 +107,15 @@ def test_the_accuracy_figure_draws_before_and_no_missing_side_and_says_what_its_
     seeds = [cell("wc", "kd", 0, 0.3), cell("se", "kd", 0, 0.2), cell("wc", "kd", 1, 0.4), cell("se", "kd", 1, 0.3)]
     [(_, caption)] = [f for f in report.figures(seeds, [], tmp_path / "2") if f[0].name == "accuracy.png"]
     assert "± standard deviation over 2 seeds" in caption
+
+
+def test_compared_cells_that_read_different_data_are_flagged():
+    here = {"source": "file", "path": "/d/math/train.jsonl", "sha256": "a" * 64, "rows": 4500}
+    hub = {"source": "hub", "id": "EleutherAI/hendrycks_math", "config": None, "split": "train", "revision": "unpinned", "rows": 7500}
+    test = {"source": "file", "path": "/d/math/test.jsonl", "sha256": "b" * 64, "rows": 500}
+    same = [{**cell(m, "kd", 0, 0.3), "data": {"train": here, "test": test}, "_dir": f"/s/{m}"} for m in ("wc", "se")]
+    assert not report.data_mismatches(same) and "different data" not in report.markdown(same)
+    mixed = [same[0], {**same[1], "data": {"train": hub, "test": test}}]
+    [line] = report.data_mismatches(mixed)
+    assert "/s/wc and /s/se" in line and "4500 rows" in line and "hendrycks_math@unpinned, 7500 rows" in line and "test" not in line.split(": ", 1)[1]
+    assert "## Warning: compared cells read different data" in report.markdown(mixed)

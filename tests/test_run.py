@@ -1,6 +1,7 @@
 """The pipeline end to end: the six-cell grid on CPU with tiny models."""
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cms import cell
-from conftest import ROOT
+from conftest import DATA, ROOT
 
 KEYS = ["model", "setting", "dataset", "budget", "generator", "finetuned", "generator_params", "finetuned_params",
         "samples_per_question", "planned_flops", "spent_flops", "mean_solution_tokens", "coverage", "diversity",
@@ -41,6 +42,10 @@ def test_six_cell_grid_samples_twice_and_summarises(dataset, env, tmp_path):
     for r in results:
         assert not [k for k in KEYS if k not in r], r
         assert r["dataset"] == dataset and r["spent_flops"] > 0 and r["mean_solution_tokens"] > 0
+        # where the questions came from: the local file, by its hash
+        train = DATA / dataset / "train.jsonl"
+        assert r["data"]["train"] == {"source": "file", "path": str(train.resolve()), "rows": len(train.read_text().splitlines()),
+                                      "sha256": hashlib.sha256(train.read_bytes()).hexdigest()}
     assert {(r["model"], r["setting"]) for r in results} == {(m, s) for m in ("wc", "se") for s in ("kd", "self", "w2s")}
     wc = next(r for r in results if r["model"] == "wc")
     se = next(r for r in results if r["model"] == "se")
@@ -217,3 +222,32 @@ def test_multi_device_training_logs_to_the_cells_wandb_run(env, tmp_path, monkey
     assert len({p.name for p in runs}) == 1  # one run id
     blobs = [p.read_bytes() for p in runs]
     assert any(b"train/loss" in b for b in blobs) and any(b"baseline_accuracy" in b for b in blobs)
+
+
+def test_the_baseline_cache_key_holds_what_the_evaluation_depends_on(tiny_family, tmp_path):
+    """A cached baseline is never served for other weights at the same path, another token limit, grader,
+    time limit or dtype."""
+    from cms import data, evaluation, grading, models
+
+    model = tmp_path / "learner"
+    models.build_tiny(tiny_family["student"], model)
+    card = {"name": "learner", "path": str(model)}
+    test = data.load("gsm8k", "test", "gsm8k", DATA)[:4]
+    ds = {"name": "gsm8k"}
+    args = dict(fmt="gsm8k", prompt_format=data.PromptFormat("Q: {question}\nA:", " {solution}\n\n"), stop=["Q:"],
+                sampler={"backend": "hf", "dtype": "auto"}, max_new_tokens=32, grading_cfg={"timeout_s": 5.0})
+    key = lambda **changed: cell.baseline_path(tmp_path, card, str(model), ds, test, [], {**args, **changed})  # noqa: E731
+    base = key()
+    assert key() == base
+    others = [key(max_new_tokens=64), key(grading_cfg={"timeout_s": 20.0}), key(sampler={"backend": "hf", "dtype": "bfloat16"})]
+    assert len({base, *others}) == 4
+    grading.GRADER_VERSION, version = grading.GRADER_VERSION + 1, grading.GRADER_VERSION
+    try:
+        assert key() != base  # another grader
+    finally:
+        grading.GRADER_VERSION = version
+    import shutil
+
+    shutil.rmtree(model)
+    models.build_tiny(tiny_family["student"], model, seed=1)  # retrained at the same path
+    assert key() != base

@@ -131,3 +131,46 @@ def test_isolated_backend_gives_the_same_samples_and_exits(tiny_family, tmp_path
     assert not engine.proc.is_alive() and engine.proc.exitcode == 0
     with pytest.raises(RuntimeError, match="in the sampler process"):
         sampling.make_sampler("hf", str(tmp_path / "nowhere"), isolate=True)
+
+
+def test_changing_the_batch_size_reuses_every_stored_sample(tiny_family, tmp_path):
+    questions = [Record(f"q{i}", f"question {i}", "1", "") for i in range(6)]
+    args = dict(_args(tiny_family, tmp_path, 2), questions=questions, prompts=[f"Q{i}:" for i in range(6)])
+    rows, _, store = sampling.run(**args)
+    again, hit, _ = sampling.run(**{**args, "sampler": {**args["sampler"], "batch_size": 3}})
+    assert hit and again == rows  # nothing redrawn
+    more, hit, _ = sampling.run(**{**args, "n": 3, "sampler": {**args["sampler"], "batch_size": 4}})
+    assert not hit and [r for r in more if r["index"] < 2] == rows  # a top-up draws only index 2
+    stored = [json.loads(line) for shard in store.glob("shard-*.jsonl") for line in shard.read_text().splitlines()]
+    assert len(stored) == len({(r["qid"], r["index"]) for r in stored}) == 18
+
+
+def test_a_model_retrained_at_the_same_path_is_sampled_afresh(tiny_family, tmp_path):
+    """The sample key holds the weights' identity, not only the path a card names."""
+    path = tmp_path / "my-model"
+    models.build_tiny(tiny_family["wc"], path, seed=0)
+    card = {"name": "mine", "path": str(path)}
+    args = {**_args(tiny_family, tmp_path / "cache", 2), "generator": card}
+    first, _, store = sampling.run(**args)
+    _, hit, _ = sampling.run(**args)
+    assert hit
+    import shutil
+
+    shutil.rmtree(path)
+    models.build_tiny(tiny_family["wc"], path, seed=1)  # retrained: other weights, same path
+    second, hit, other = sampling.run(**args)
+    assert not hit and other != store and [r["text"] for r in second] != [r["text"] for r in first]
+    dtype, hit, _ = sampling.run(**{**args, "sampler": {**args["sampler"], "dtype": "bfloat16"}})
+    assert not hit  # another dtype, other samples
+
+
+def test_rows_per_forward_are_capped_and_the_samples_do_not_change(tiny_family, tmp_path, monkeypatch):
+    path = models.resolve(tiny_family["wc"], tmp_path)
+    prompts = ["Question: 2+2?\nAnswer:", "Q: apples?\nA:", "Q: x\nA:"]
+    seeds = [[sampling.seed_for(0, f"q{q}", i) for i in range(5)] for q in range(3)]
+    wide = sampling.HFSampler(path, batch_size=8, max_rows=64).generate(prompts, 5, 0.7, 1.0, 8, [], seeds)
+    capped = sampling.HFSampler(path, batch_size=8, max_rows=2)
+    rows, batch = [], capped._batch
+    monkeypatch.setattr(capped, "_batch", lambda prompts, n, *a: rows.append(len(prompts) * n) or batch(prompts, n, *a))
+    assert capped.generate(prompts, 5, 0.7, 1.0, 8, [], seeds) == wide
+    assert max(rows) <= 2 and sum(rows) == 15

@@ -107,7 +107,7 @@ def test_preempted_in_mid_sampling_resumes_its_samples_and_ends_the_same(env, tm
     store = tmp_path / "cache-preempt-sampling" / "samples"
     rows = lambda: sum(len(p.read_text().splitlines()) for p in store.glob("*/shard-*.jsonl"))
     wait_for(lambda: rows() >= 12, 300, "the first samples")
-    assert not list(store.glob("*/grades-*.json")), "sampling was over before the preemption"
+    assert not list(store.glob("*/verdicts.json")), "sampling was over before the preemption"
     submitit.SlurmJob(folder, cell["job_id"])._interrupt()  # what SLURM does to a preempted job
     print(f"preempted {cell['job_id']} after {rows()} of 288 samples")
     log = _finished(cell, folder)
