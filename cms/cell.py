@@ -84,7 +84,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         rows, _, store = sampling.run(
             generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
             sampler=_sampler_for(c["sampler"], generator), decoding=decoding, seed=c["seed"], cache_dir=cache,
-            key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": sources["train"], "prompts": sampling.cache_key(p=prompts)},
+            key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": data.identity(sources["train"]), "prompts": sampling.cache_key(p=prompts)},
             worker=c["sampler"]["worker"], workers=c["sampler"]["workers"],
         )
         gold = {q.id: q.answer for q in questions}

@@ -196,6 +196,11 @@ def provenance(name: str, split: str, data_dir: str | Path, hub: Optional[dict] 
             "revision": spec.get("revision") or "unpinned"}
 
 
+def identity(prov: dict) -> dict:
+    """What of a split's provenance decides its content: not where a file lies, only its hash."""
+    return {k: v for k, v in prov.items() if k != "path"}
+
+
 def describe(prov: dict) -> str:
     """One line for the log."""
     if prov["source"] == "file":

@@ -323,16 +323,23 @@ def _interval(row: dict) -> str:
 
 
 def data_mismatches(results: list[dict]) -> list[str]:
-    """The WC/SE pairs compared in the tables whose cells read different data (another file, another hub
-    revision: ``results.json``'s ``data``), one line each."""
+    """The WC/SE pairs compared in the tables whose cells read different data (another file content, another
+    hub revision: ``results.json``'s ``data``; the same file at another path is the same data), one line each."""
     out = []
-    for group, by_seed in _pairs(results, group_fields(results) + ("setting",)):
+    for _, by_seed in _pairs(results, group_fields(results) + ("setting",)):
         for pair in by_seed:
-            if len(pair) == 2 and pair["wc"].get("data") != pair["se"].get("data"):
+            if len(pair) < 2:
+                continue
+            differ = [split for split in ("train", "test") if _identity(pair["wc"], split) != _identity(pair["se"], split)]
+            if differ:
                 out.append(f"{pair['wc']['_dir']} and {pair['se']['_dir']}: "
-                           + "; ".join(f"{split}: {_source(pair['wc'], split)} vs {_source(pair['se'], split)}"
-                                       for split in ("train", "test") if _source(pair["wc"], split) != _source(pair["se"], split)))
+                           + "; ".join(f"{split}: {_source(pair['wc'], split)} vs {_source(pair['se'], split)}" for split in differ))
     return out
+
+
+def _identity(r: dict, split: str) -> Optional[dict]:
+    d = (r.get("data") or {}).get(split)
+    return data.identity(d) if d else None
 
 
 def _source(r: dict, split: str) -> str:

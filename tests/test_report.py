@@ -115,6 +115,8 @@ def test_compared_cells_that_read_different_data_are_flagged():
     test = {"source": "file", "path": "/d/math/test.jsonl", "sha256": "b" * 64, "rows": 500}
     same = [{**cell(m, "kd", 0, 0.3), "data": {"train": here, "test": test}, "_dir": f"/s/{m}"} for m in ("wc", "se")]
     assert not report.data_mismatches(same) and "different data" not in report.markdown(same)
+    moved = [same[0], {**same[1], "data": {"train": {**here, "path": "/elsewhere/math/train.jsonl"}, "test": test}}]
+    assert not report.data_mismatches(moved)  # the same file content at another path is the same data
     mixed = [same[0], {**same[1], "data": {"train": hub, "test": test}}]
     [line] = report.data_mismatches(mixed)
     assert "/s/wc and /s/se" in line and "4500 rows" in line and "hendrycks_math@unpinned, 7500 rows" in line and "test" not in line.split(": ", 1)[1]
