@@ -19,6 +19,7 @@ questions, prompt, decoding, grader); one computed otherwise is never returned.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -103,7 +104,7 @@ def sampled(model_path: str, records: list[Record], exemplars: list[Record], *, 
     answers = [[grading.final_answer(fmt, o.text) for o in os_] for os_ in outs]
     # every comparison a vote may make, in the killable grading workers: an answer math-verify cannot
     # compare in time is a class of its own
-    pairs = sorted({(a, b) for per in answers for a in set(per) for b in set(per) if a is not None and b is not None and a < b})
+    pairs = sorted({pair for per in answers for pair in itertools.combinations(sorted(set(per) - {None}), 2)})
     known = grading.same_answers(fmt, pairs, **(grading_cfg or {}))
     same = lambda a, b: a == b or bool(known.get((min(a, b), max(a, b))))  # noqa: E731
     uncompared = sum(v is None for v in known.values())

@@ -31,7 +31,6 @@ from cms.progress import bar as progress_bar
 
 CORRECT, WRONG, UNGRADED = "correct", "wrong", "ungraded"
 GRADER_VERSION = 2  # raise when a rule below changes what a solution grades as: cached verdicts are then redone
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 MINUSES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2012": "-", "\ufe63": "-", "\uff0d": "-"})

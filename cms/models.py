@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from cms import hub, resume
+
 ARCHS = Path(__file__).parent / "archs"
 TINY_DEFAULTS = {"vocab_size": 259, "max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
 SPECIALS = ["<pad>", "<s>", "</s>"]
@@ -180,10 +182,8 @@ def weights_id(path: str) -> str:
         stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(local.iterdir())
                  if f.name.endswith(WEIGHT_FILES) or f.name.endswith(".index.json")]
         parts = [config.read_text() if config.exists() else "", stats]
-        return "local:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return "local:" + resume.digest(parts)
     from huggingface_hub import HfApi, try_to_load_from_cache
-
-    from cms import hub
 
     try:
         if hub.unreachable():

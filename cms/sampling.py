@@ -155,9 +155,11 @@ class HFSampler:
                 if n <= self.max_rows:
                     results += self._batch(prompts[start:end], n, temperature, top_p, max_new_tokens, stop, seeds[start:end])
                 else:  # one question's n samples, max_rows at a time: each row has its own seed, so the split changes nothing
-                    results.append([s for i in range(0, n, self.max_rows)
-                                    for s in self._batch(prompts[start:end], len(seeds[start][i:i + self.max_rows]), temperature,
-                                                         top_p, max_new_tokens, stop, [seeds[start][i:i + self.max_rows]])[0]])
+                    row = []
+                    for i in range(0, n, self.max_rows):
+                        part = seeds[start][i:i + self.max_rows]
+                        row += self._batch(prompts[start:end], len(part), temperature, top_p, max_new_tokens, stop, [part])[0]
+                    results.append(row)
                 bar.update(len(prompts[start:end]))
         return results
 

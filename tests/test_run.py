@@ -227,7 +227,7 @@ def test_multi_device_training_logs_to_the_cells_wandb_run(env, tmp_path, monkey
 def test_the_baseline_cache_key_holds_what_the_evaluation_depends_on(tiny_family, tmp_path):
     """A cached baseline is never served for other weights at the same path, another token limit, grader,
     time limit or dtype."""
-    from cms import data, evaluation, grading, models
+    from cms import data, grading, models
 
     model = tmp_path / "learner"
     models.build_tiny(tiny_family["student"], model)
