@@ -272,6 +272,14 @@ class SFTModule(L.LightningModule):
         self.log("train/loss", mean, prog_bar=True)
         return {"loss": loss, "mean_loss": mean}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Under FSDP, clip by the norm over all shards with FSDP's own ``clip_grad_norm_``: Lightning's
+        norm clipping refuses FSDP's precision plugin."""
+        if gradient_clip_val and isinstance(self.trainer.strategy, L.pytorch.strategies.FSDPStrategy):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         warmup, total = max(1, self.warmup_steps), max(1, self.total_steps)

@@ -345,3 +345,24 @@ def test_a_resume_state_of_other_settings_is_refused(tiny_family, tmp_path):
     with pytest.raises(resume.StaleError, match=r"last.ckpt holds a fine-tuning state to resume .*lr: 1e-06 -> 0.001; steps: 600 -> 6000"):
         finetuning.run(path, gsm8k_pairs(8), out, **{**args, "lr": 1e-3, "steps": 6000})
     assert (out / "last.ckpt").read_bytes() == b"a training state"
+
+
+def test_fsdp_clips_gradients_with_fsdps_own_norm():
+    """Lightning's norm clipping raises under FSDP's precision plugin (seen on an H200 in the GPU
+    proof); the module clips through the FSDP root's clip_grad_norm_ instead."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class Root(torch.nn.Module):
+        norms = []
+
+        def clip_grad_norm_(self, max_norm):
+            self.norms.append(max_norm)
+
+    module = finetuning.SFTModule(lambda rank: None, lr=1e-3, warmup_steps=0)
+    module.trainer = SimpleNamespace(strategy=FSDPStrategy(), model=Root(), precision_plugin=FSDPPrecision("bf16-mixed"),
+                                     gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert Root.norms == [1.0]

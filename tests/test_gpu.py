@@ -44,8 +44,8 @@ def test_bf16_finetuning_on_gpu(tiny_family, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs at least 2 GPUs")
 def test_fsdp_preset_across_the_gpus_of_a_node(tiny_family, tmp_path):
+    """Every GPU of the node, one included, with the default gradient clipping (FSDP's own norm)."""
     path = models.resolve(tiny_family["wc"], tmp_path)
     pairs = [(f"Question: {i}+1?\nAnswer:", f" {i + 1}\n\n") for i in range(64)]
     metrics = finetuning.run(path, pairs, tmp_path / "ft", steps=10, batch_size=16, lr=3e-3, precision="bf16-mixed",
