@@ -40,9 +40,10 @@ def exact_ratio(params: dict[str, float], *, match: str, prices: dict[str, float
         return params["se"] / params["wc"]
     prices = prices or {}
     if not prices.get("wc") or not prices.get("se"):
+        missing = " and ".join(f"family.{r}" for r in ("wc", "se") if not prices.get(r))
         raise BudgetError(
-            "budget.match=price needs a price for both models: set family.wc.price_per_mtok and "
-            "family.se.price_per_mtok (dollars per million output tokens)"
+            f"budget.match=price needs a price for both models, and {missing} has none: name its row of the price table "
+            "(family.<role>.priced_as, conf/prices/) or set family.<role>.price_per_mtok (dollars per million output tokens)"
         )
     return prices["se"] / prices["wc"]
 
@@ -63,9 +64,9 @@ class Plan:
     match: str
     role: str
     samples_per_question: int
-    generator_params: int
+    generator_params: int | None  # None: a hosted model of unknown size
     assumed_solution_tokens: int
-    planned_flops_per_question: float
+    planned_flops_per_question: float | None
     ratio_exact: float | None  # WC samples per SE sample before rounding (None: a budget in FLOPs)
     ratio_used: float | None  # S_WC / S_SE as drawn
 
@@ -85,7 +86,8 @@ def samples_per_question(
 ) -> int:
     """Samples per question for ``role`` ('wc' or 'se') under one budget.
 
-    ``params`` maps 'wc' and 'se' to parameter counts; ``prices`` maps them to
+    ``params`` maps 'wc' and 'se' to parameter counts (None: a hosted model of unknown size, which
+    only price and number matching can take); ``prices`` maps them to
     dollars per million output tokens (price matching only). Ratio-based budgets
     round by ``rounding`` (see the module docstring); a budget in FLOPs is floored so
     it is never exceeded. ``ratio`` fixes WC's samples per SE sample (e.g. 3 for the
@@ -97,6 +99,12 @@ def samples_per_question(
         raise BudgetError(f"unknown generator role {role!r}: use model=wc or model=se")
     if match not in MATCHES:
         raise BudgetError(f"unknown budget match {match!r}: use one of {', '.join(MATCHES)}")
+    unknown = [r for r in ("wc", "se") if params.get(r) is None]
+    if unknown and match == "compute" and (ratio is None or flops_per_question is not None):
+        raise BudgetError(
+            f"budget.match=compute needs both models' parameter counts, and family.{unknown[0]} is a hosted model of unknown size: "
+            f"match on price (budget=price, from the price table) or give its size (family.{unknown[0]}.params=<count>)"
+        )
     if flops_per_question is not None:
         if match != "compute":
             raise BudgetError("budget.flops_per_question only makes sense with budget.match=compute")
@@ -141,17 +149,17 @@ def plan(role: str, params: dict[str, float], *, solution_tokens: int, **budget)
         match=budget.get("match", "compute"),
         role=role,
         samples_per_question=s,
-        generator_params=int(params[role]),
+        generator_params=int(params[role]) if params[role] is not None else None,
         assumed_solution_tokens=solution_tokens,
-        planned_flops_per_question=s * sample_flops(params[role], solution_tokens),
+        planned_flops_per_question=s * sample_flops(params[role], solution_tokens) if params[role] is not None else None,
         ratio_exact=exact,
         ratio_used=used,
     )
 
 
-def spent(params: float, generated_tokens: int, n_samples: int) -> dict[str, float]:
-    """What a finished sampling pass actually cost, from its real token counts."""
+def spent(params: float | None, generated_tokens: int, n_samples: int) -> dict[str, float | None]:
+    """What a finished sampling pass actually cost, from its real token counts (no FLOPs for a model of unknown size)."""
     return {
-        "spent_flops": sample_flops(params, generated_tokens),
+        "spent_flops": sample_flops(params, generated_tokens) if params is not None else None,
         "mean_solution_tokens": generated_tokens / n_samples if n_samples else 0.0,
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, resume, sampling, threads, tracking
+from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, prices, resume, sampling, threads, tracking
 
 log = logging.getLogger("cms")
 
@@ -49,15 +49,16 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     role, learner = c["model"]["role"], c["setting"]["learner"]
     generator, learner_card = family[role], family[learner]
 
-    params = {r: models.count_params(family[r]) for r in ("wc", "se")}
+    params = {r: models.params_or_none(family[r]) for r in ("wc", "se")}
     b = c["budget"]
+    output_prices = {r: prices.output_price(family[r], c["prices"]) for r in ("wc", "se")}
     plan = budget.plan(
         role, params, match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"],
-        prices={r: family[r]["price_per_mtok"] for r in ("wc", "se")}, solution_tokens=ds["assumed_solution_tokens"],
+        prices=output_prices, solution_tokens=ds["assumed_solution_tokens"],
         max_samples=b["max_samples_per_question"], ratio=b["ratio"], rounding=b["rounding"],
     )
-    log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%.3g, P_SE=%.3g%s)",
-             b["name"], b["match"], generator["name"], plan.samples_per_question, params["wc"], params["se"],
+    log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%s, P_SE=%s, $/Mtok out WC=%s, SE=%s%s)",
+             b["name"], b["match"], generator["name"], plan.samples_per_question, *(f"{v:.3g}" if v else "?" for v in (*params.values(), *output_prices.values())),
              f", WC:SE ratio {plan.ratio_exact:.3f} drawn as {plan.ratio_used:g}" if plan.ratio_exact else "")
 
     train, test = _split(c, ds, "train_split"), _split(c, ds, "test_split")
@@ -74,6 +75,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     fmt = eval_args["prompt_format"]
 
     spent = {"spent_flops": 0.0, "mean_solution_tokens": None}
+    dollars, n_failed = {"spent_usd": 0.0, "provider_usd": None, "usage_tokens": None}, 0
     if c["data"]["source"] == "reference":
         kept, quality = filtering.reference(questions)
         source = "reference"
@@ -85,8 +87,15 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
             generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
             sampler=_sampler_for(c["sampler"], generator), decoding=decoding, seed=c["seed"], cache_dir=cache,
             key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": data.identity(sources["train"]), "prompts": sampling.cache_key(p=prompts)},
-            worker=c["sampler"]["worker"], workers=c["sampler"]["workers"],
+            worker=c["sampler"].get("worker", 0), workers=c["sampler"].get("workers", 1), chats=[fmt.messages(q, exemplars) for q in questions],
         )
+        dollars = prices.spent(rows, prices.entry(generator, c["prices"]), output_prices[role], bool((generator.get("api") or {}).get("batch")))
+        failed = [r for r in rows if r["finish"] == "failed"]
+        if failed:
+            log.warning("sampling: %d of %d samples failed after every retry (%s); they are neither right nor wrong: left out of "
+                        "grading, kept in the store (rerun=false keeps them; delete %s to draw them again)", len(failed), len(rows),
+                        failed[0].get("error"), store)
+            rows, n_failed = [r for r in rows if r["finish"] != "failed"], len(failed)
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / "verdicts.json", ds["answer_format"], [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
         kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None, c["data"]["keep"])
@@ -108,7 +117,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         baseline = evaluation.run(learner_path, test, exemplars[:shots], **base_args,
                                   out_path=baseline_path(cache, learner_card, learner_path, ds, test, exemplars[:shots], base_args))
 
-    fpr_judge = _judge(c["judge"], family, c["sampler"], cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")
+    fpr_judge = _judge(c, cache, judge.rows(kept, "train"), run_dir / "judge_train.jsonl")
     tracker = tracking.Tracker(c["logger"], run_dir, c, name=f"{role}-{c['setting']['name']}-{ds['name']}", group=group,
                                key=resume.digest(fingerprint))
     finetuned, final, selected, protocols, changed = None, None, None, {}, None
@@ -139,8 +148,12 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         "rounding": b["rounding"], "ratio_exact": plan.ratio_exact, "ratio_used": plan.ratio_used,
         "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"], "data": sources,
         "samples_per_question": plan.samples_per_question,
-        "planned_flops": plan.planned_flops_per_question * n_q,
+        "planned_flops": plan.planned_flops_per_question * n_q if plan.planned_flops_per_question is not None else None,
         "spent_flops": spent["spent_flops"], "mean_solution_tokens": spent["mean_solution_tokens"],
+        "planned_usd": prices.planned(output_prices[role], plan.samples_per_question * n_q, ds["assumed_solution_tokens"])
+        if output_prices[role] is not None else None,
+        "spent_usd": dollars["spent_usd"], "provider_usd": dollars["provider_usd"], "usage_tokens": dollars["usage_tokens"],
+        "prices": c["prices"].get("version"), "n_failed_samples": n_failed,
         "n_questions": n_q, **quality, "n_train_examples": len(kept),
         "baseline_accuracy": baseline["accuracy"] if baseline else None,
         "accuracy": final["accuracy"] if final else None,
@@ -214,22 +227,37 @@ def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:
     return records[:limit] if limit is not None else records
 
 
+def _engine_for(c: dict, card: dict, backend: str | None) -> dict:
+    """The sampler config that runs ``card``'s model: the group ``backend`` names, else the run's sampler
+    when it can (an API's for a hosted card, a local one for local weights), else openai or hf."""
+    if backend:
+        return config.sampler_group(backend)
+    hosted = getattr(sampling.engine_class(c["sampler"]["_target_"]), "hosted", False)
+    if hosted == bool(card.get("api")):
+        return c["sampler"]
+    return config.sampler_group("openai" if card.get("api") else "hf")
+
+
 def _eval_args(c: dict, ds: dict) -> dict:
-    """How evaluation prompts, decodes and grades on a dataset group."""
-    sampler = {**c["sampler"], "batch_size": c["evaluation"]["batch_size"] or c["sampler"]["batch_size"]}
+    """How evaluation prompts, decodes and grades on a dataset group (the learner is local weights: an API
+    sampler's run evaluates with ``evaluation.backend``, hf by default)."""
+    local = _engine_for(c, {}, c["evaluation"]["backend"])
+    sampler = {**local, "batch_size": c["evaluation"]["batch_size"] or local["batch_size"]}
     return dict(fmt=ds["answer_format"], prompt_format=data.PromptFormat(ds["question_template"], ds["solution_template"]),
                 sampler=sampler, stop=ds["stop"], max_new_tokens=c["evaluation"]["max_new_tokens"] or ds["max_new_tokens"],
                 grading_cfg=c["grading"])
 
 
-def _judge(jc: dict, family: dict, sampler: dict, cache: Path, rows: list[dict], out_path: Path) -> dict:
-    """The LLM judge's false positive rate on a seeded subset of ``rows`` (nothing without a judge)."""
-    card = family[jc["role"]] if jc["role"] else jc["model"]
+def _judge(c: dict, cache: Path, rows: list[dict], out_path: Path) -> dict:
+    """The LLM judge's false positive rate on a seeded subset of ``rows`` (nothing without a judge); a
+    hosted judge (a card with an api) is asked through its API."""
+    jc = c["judge"]
+    card = c["family"][jc["role"]] if jc["role"] else jc["model"]
     if not card or not rows:
         return judge.rate([])
-    path = models.resolve(card, cache)
-    return judge.judge(judge.pick(rows, jc["subset"], jc["seed"]), out_path, model_path=path,
-                       sampler=_sampler_for({**sampler, "backend": jc["backend"] or sampler["backend"]}, card),
+    path = None if card.get("api") else models.resolve(card, cache)
+    return judge.judge(judge.pick(rows, jc["subset"], jc["seed"]), out_path, model_path=path, card=card,
+                       sampler=_sampler_for(_engine_for(c, card, jc["backend"]), card),
                        template=jc["template"] or judge.RUBRIC, max_new_tokens=jc["max_new_tokens"])
 
 
@@ -241,7 +269,7 @@ def _protocols(c: dict, model_path: str, test: list, exemplars: list, transfer: 
     if ds["procedural"]:
         out["test_fpr"] = judge.rate([arith.check_steps(r["question"], r["solution"]) for r in correct])["fpr"]
     if c["judge"]["test_outputs"]:
-        out["test_fpr_judge"] = _judge(c["judge"], c["family"], c["sampler"], cache, correct, run_dir / "judge_test.jsonl")["fpr"]
+        out["test_fpr_judge"] = _judge(c, cache, correct, run_dir / "judge_test.jsonl")["fpr"]
     if ev["samples"]:
         s = evaluation.sampled(model_path, test, exemplars[: ev["finetuned_shots"]], k=ev["samples"], temperature=ev["temperature"],
                                maj_k=ev["maj_k"], out_path=run_dir / "eval_sampled.jsonl", seed=c["seed"], **eval_args)

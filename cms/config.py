@@ -18,6 +18,20 @@ CONF = Path(__file__).resolve().parent / "conf"  # the checkout's conf/ (a link 
 
 
 @dataclass
+class ApiConf:
+    """An OpenAI-compatible endpoint serving a card's model (cms.api_sampling)."""
+
+    base_url: str = MISSING  # https://api.openai.com/v1, a `vllm serve` at http://127.0.0.1:8000/v1, ...
+    model: str = MISSING  # the model's name at the endpoint
+    endpoint: str = "chat"  # chat (the few-shot prompt as messages) | completions (the prompt as text)
+    key_env: Optional[str] = "OPENAI_API_KEY"  # the environment variable holding the key (never written anywhere); null: no key
+    n: bool = True  # the endpoint honours n > 1 (one request per question); false: one request per sample
+    seed: bool = False  # the endpoint accepts a seed: each request is seeded with its (question, index)
+    batch: bool = False  # OpenAI's Batch API (the batch discount; results within 24 h)
+    limits: Dict[str, Any] = field(default_factory=lambda: {"rpm": 500, "tpm": 200_000, "concurrency": 16})
+
+
+@dataclass
 class ModelCard:
     """One HF causal LM: a hub id or local directory, or a tiny model cms builds."""
 
@@ -26,7 +40,10 @@ class ModelCard:
     arch: Optional[str] = None  # cms/archs/<arch>.json: count parameters offline
     tiny: Optional[Dict[str, Any]] = None  # Llama config fields: build locally
     train: Optional[Dict[str, Any]] = None  # with tiny: train from scratch on arith (cms.toy)
-    price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price)
+    price_per_mtok: Optional[float] = None  # dollars per million output tokens (budget.match=price); None: the price table's
+    priced_as: Optional[str] = None  # the model's entry in the price table (conf/prices/); None: api.model
+    params: Optional[int] = None  # parameter count (compute matching) where cms cannot count it: a hosted model
+    api: Optional[ApiConf] = None  # a hosted model or an OpenAI-compatible server: sample it with sampler=openai
     adds_bos: bool = False  # with tiny: its tokenizer starts every prompt with BOS (as Gemma's and Llama's do)
     dtype: str = "auto"  # the weights' dtype: tiny models are built in it; sampling, baseline and judge load the card in it (sampler.dtype=auto)
 
@@ -87,24 +104,6 @@ class DataConf:
 
 
 @dataclass
-class SamplerConf:
-    backend: str = "hf"  # hf | vllm
-    temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 8  # questions per batch (hf); prompts per LLM.generate call (vllm)
-    max_rows: int = 256  # hf: at most this many sample rows (questions x samples) in one forward, whatever n is
-    isolate: bool = False  # run the backend in a child process, freeing its memory when done (vllm: true)
-    worker: int = 0  # this process's share of a pass split across `workers` processes
-    workers: int = 1
-    gpu_memory_utilization: float = 0.85
-    cpu_memory_utilization: float = 0.2  # vllm's CPU build: the share of memory for the KV cache
-    enforce_eager: bool = False  # vllm: no graph capture or compilation (a faster start, e.g. for tiny models on CPU)
-    tensor_parallel_size: int = 1
-    per_index_seed: bool = True  # vllm: one seeded request per (question, index), so sample i does not depend on the budget
-    dtype: str = "auto"
-
-
-@dataclass
 class GradingConf:
     timeout_s: float = 5.0  # hard limit per MATH item, in a worker process
     workers: int = 1
@@ -149,6 +148,7 @@ class EvaluationConf:
     baseline_shots: Optional[int] = None  # None: the dataset's few-shot prompt
     finetuned_shots: int = 0
     batch_size: Optional[int] = None  # prompts per generate call when evaluating; None: sampler.batch_size
+    backend: Optional[str] = None  # a sampler group for the local learner (hf, vllm); None: the run's sampler, hf where that is an API's
     max_new_tokens: Optional[int] = None  # None: the dataset's
     samples: int = 0  # k > 0: also draw k samples per test question (pass@1 = mean over k, with a CI; maj@k)
     temperature: float = 0.7
@@ -163,7 +163,7 @@ class JudgeConf:
 
     role: Optional[str] = None  # wc | se | student: the family's model judges
     model: Optional[ModelCard] = None  # or any model (hub id or local path); neither: no judge
-    backend: Optional[str] = None  # hf | vllm; None: the run's sampler.backend
+    backend: Optional[str] = None  # a sampler group (hf, vllm, openai); None: the run's sampler (hf where that is an API's)
     subset: int = 500  # kept solutions judged per cell (a seeded random subset)
     test_outputs: bool = True  # also judge the fine-tuned model's correct test answers
     max_new_tokens: int = 96
@@ -203,7 +203,8 @@ class RunConf:
     budget: BudgetConf = field(default_factory=BudgetConf)
     dataset: DatasetConf = field(default_factory=DatasetConf)
     data: DataConf = field(default_factory=DataConf)
-    sampler: SamplerConf = field(default_factory=SamplerConf)
+    sampler: Dict[str, Any] = field(default_factory=dict)  # conf/sampler/<name>.yaml: its engine (_target_) and options
+    prices: Dict[str, Any] = field(default_factory=dict)  # conf/prices/<version>.yaml: dollars per million tokens
     grading: GradingConf = field(default_factory=GradingConf)
     finetune: FinetuneConf = field(default_factory=FinetuneConf)
     evaluation: EvaluationConf = field(default_factory=EvaluationConf)
@@ -217,10 +218,10 @@ CHOICES = {
     "setting.learner": ("student", "wc", "se"),
     "data.source": ("sampled", "reference"),
     "data.keep": ("all", "one"),
-    "judge.backend": (None, "hf", "vllm"),
     "judge.role": (None, "wc", "se", "student"),
     "stop_after": (None, "sampling"),
-    "sampler.backend": ("hf", "vllm"),
+    "family.wc.api.endpoint": (None, "chat", "completions"),
+    "family.se.api.endpoint": (None, "chat", "completions"),
     "dataset.answer_format": ("gsm8k", "math"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
@@ -234,6 +235,7 @@ CHOICES = {
 
 # settings that say where or how fast a cell runs, not what it computes
 UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "threads", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
+                   "sampler.concurrency", "sampler.max_retries", "sampler.timeout_s", "sampler.poll_s", "family.wc.api.limits", "family.se.api.limits",
                    "sampler.batch_size", "sampler.max_rows", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.cpu_memory_utilization", "sampler.enforce_eager", "sampler.tensor_parallel_size",
                    "grading.workers", "evaluation.batch_size", "finetune.log_every", "finetune.save_every", "finetune.peak_tflops",
                    "finetune.accelerator", "finetune.strategy")
@@ -255,6 +257,11 @@ def validate(cfg) -> None:
         if value not in allowed:
             names = ", ".join("null" if a is None else a for a in allowed)
             raise ConfigError(f"{key}={value!r} is not one of {names}: override it, e.g. {key}={allowed[-1]}")
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+    _check_sampler(sampler, "sampler")
+    for key in ("evaluation.backend", "judge.backend"):
+        if OmegaConf.select(cfg, key):
+            _check_sampler(sampler_group(OmegaConf.select(cfg, key), key), key)
     for role in ("wc", "se", "student"):
         card = OmegaConf.select(cfg, f"family.{role}")
         if card is not None and card.get("tiny") and card.get("path"):
@@ -263,6 +270,41 @@ def validate(cfg) -> None:
                 f"to load the model at the path, also pass family.{role}.tiny=null family.{role}.train=null "
                 f"(and family.{role}.name=<its name>); to build the tiny model, drop family.{role}.path"
             )
+
+
+# keys every sampler group has; the rest are its engine's keyword arguments
+SAMPLER_KEYS = ("_target_", "backend", "temperature", "top_p", "batch_size", "isolate", "worker", "workers", "dtype")
+
+
+def sampler_group(name: str, key: str = "sampler") -> dict:
+    """The sampler group ``conf/sampler/<name>.yaml`` (``key`` names the setting that chose it)."""
+    path = CONF / "sampler" / f"{name}.yaml"
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in (CONF / "sampler").glob("*.yaml")))
+        raise ConfigError(f"{key}={name!r} is not a sampler group: use one of {names}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def _check_sampler(sampler: dict, key: str) -> None:
+    """A sampler group names an engine class (``_target_``) that exists, and only keys it takes."""
+    import difflib
+    import inspect
+
+    from cms import sampling
+
+    if not sampler.get("_target_") or not sampler.get("backend"):
+        raise ConfigError(f"{key} names no engine: a sampler group sets _target_ (its class) and backend (its name); see conf/sampler/hf.yaml")
+    try:
+        cls = sampling.engine_class(sampler["_target_"])
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}._target_={sampler['_target_']!r} cannot be imported ({err}): name a class, module.Class") from None
+    named = [p.name for p in inspect.signature(cls).parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    allowed = set(SAMPLER_KEYS) | set(named) - {"path", "card", "seed"}
+    for name in sampler:
+        if name not in allowed:
+            near = difflib.get_close_matches(name, sorted(allowed), n=1)
+            raise ConfigError(f"{key}.{name} is not a setting of {cls.__name__}" + (f" (did you mean {key}.{near[0]}?)" if near else "")
+                              + f": it takes {', '.join(sorted(allowed))}")
 
 
 def dataset_group(name: str) -> dict:

@@ -222,6 +222,13 @@ class PromptFormat:
         """Completion-style prompt: the exemplars' solved examples, then the question."""
         return "".join(self.example(e) for e in exemplars) + self.question_template.format(question=record.question)
 
+    def messages(self, record: Record, exemplars: list[Record] = ()) -> list[dict]:
+        """The prompt as chat messages (an API's chat endpoint): each exemplar a user turn (its question)
+        and an assistant turn (its solution), then the question. Joined in order they are ``prompt``."""
+        turns = [t for e in exemplars for t in ({"role": "user", "content": self.question_template.format(question=e.question)},
+                                                 {"role": "assistant", "content": self.solution_template.format(solution=e.solution)})]
+        return turns + [{"role": "user", "content": self.question_template.format(question=record.question)}]
+
     def completion(self, solution: str) -> str:
         """The text a model should produce after ``prompt``: what fine-tuning trains on."""
         return self.solution_template.format(solution=solution.strip())

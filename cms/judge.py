@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cms import data, resume, sampling
+from cms import data, models, resume, sampling
 
 RUBRIC = """You check the reasoning of a solution to a math problem whose final answer is already known to be right.
 The solution is VALID when every step follows from the question and the steps before it and every calculation is right.
@@ -66,12 +66,13 @@ def rate(labels: list[Optional[bool]]) -> dict:
     return {"fpr": sum(not v for v in known) / len(known) if known else None, "n": len(known), "unlabelled": len(labels) - len(known)}
 
 
-def judge(rows: list[dict], out_path: str | Path, *, model_path: str, sampler: dict, template: str = RUBRIC, max_new_tokens: int = 96) -> dict:
+def judge(rows: list[dict], out_path: str | Path, *, model_path: str | None, sampler: dict, template: str = RUBRIC, max_new_tokens: int = 96,
+          card: dict | None = None) -> dict:
     """Judge ``rows`` ({id, question, reference, solution}) greedily; verdicts go to
     ``out_path`` (jsonl, reused when it exists and was judged from the same rows, model and
-    rubric) and their rate is returned."""
+    rubric) and their rate is returned. A hosted judge has no ``model_path``: its ``card``'s api answers."""
     out_path = Path(out_path)
-    fp = {"model": str(model_path), "rows": resume.digest(rows), "template": resume.digest(template), "max_new_tokens": max_new_tokens,
+    fp = {"model": str(model_path or models.card_key(card)), "rows": resume.digest(rows), "template": resume.digest(template), "max_new_tokens": max_new_tokens,
           "backend": sampler.get("backend", "hf"), "dtype": sampler.get("dtype", "auto")}
     if resume.reuse_file(out_path, fp, "judge verdicts"):
         done = data.read_rows(out_path)
@@ -80,7 +81,7 @@ def judge(rows: list[dict], out_path: str | Path, *, model_path: str, sampler: d
         done = []
         if rows:
             prompts = [template.format(question=r["question"], reference=r["reference"], solution=r["solution"]) for r in rows]
-            engine = sampling.from_config(sampler, model_path)
+            engine = sampling.from_config(sampler, model_path, **({"card": card} if card else {}))
             try:
                 outs = engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=["\n\n"],
                                        seeds=[[0]] * len(prompts), desc="judging")

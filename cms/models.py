@@ -42,6 +42,8 @@ def card_key(card) -> str:
     """A stable identity for a card: part of every cache key that depends on the model."""
     c = _card(card)
     key = {k: c.get(k) for k in ("name", "path", "arch", "tiny", "train")}
+    if c.get("api"):  # a hosted model: what answers, and how it is asked (not its rate limits)
+        key["api"] = {k: v for k, v in c["api"].items() if k not in ("limits", "key_env")}
     if c.get("tiny") and c.get("adds_bos"):
         key["adds_bos"] = True
     if c.get("tiny") and c.get("dtype") not in (None, "auto"):
@@ -90,8 +92,19 @@ def _count(key: str) -> int:
 
 
 def count_params(card) -> int:
-    """Parameters of a card's model, counted by building it on the meta device."""
+    """Parameters of a card's model: its ``params`` if given, else counted by building it on the meta device."""
+    c = _card(card)
+    if c.get("params"):
+        return int(c["params"])
+    if c.get("api"):
+        raise ModelError(f"{c.get('name')!r} is a hosted model, and cms cannot count its parameters: set family.<role>.params=<count>")
     return _count(card_key(card))
+
+
+def params_or_none(card) -> int | None:
+    """``count_params``, or None for a hosted model of unknown size (price and number matching need none)."""
+    c = _card(card)
+    return None if c.get("api") and not c.get("params") else count_params(c)
 
 
 def byte_tokenizer():
@@ -142,6 +155,12 @@ def build_tiny(card, directory: Path, seed: int = 0, tokenizer=None) -> Path:
 def resolve(card, cache_dir: str | Path) -> str:
     """A path or hub id that ``from_pretrained`` (HF or vLLM) can load for this card."""
     c = _card(card)
+    if c.get("api") and not c.get("path") and not c.get("tiny"):
+        raise ModelError(
+            f"{c.get('name')!r} is a hosted model ({c['api'].get('base_url')}): it can generate data (sampler=openai), but cms "
+            "fine-tunes and evaluates local weights only: choose a setting whose learner is a local model (setting=kd, "
+            "family.student.path), or give the card a path to the same model's weights"
+        )
     if c.get("tiny"):
         digest = hashlib.sha256(card_key(c).encode()).hexdigest()[:12]
         directory = Path(cache_dir) / "models" / f"{c['name']}-{digest}"
@@ -196,9 +215,9 @@ def weights_id(path: str) -> str:
 
 def card_weights(card) -> str | None:
     """``weights_id`` of a card's model; None for a tiny card, which its card key already names (cms
-    builds it from that key, once)."""
+    builds it from that key, once), and for a hosted model (its card key names the endpoint and model)."""
     c = _card(card)
-    return None if c.get("tiny") else weights_id(resolve(c, ""))
+    return None if c.get("tiny") or c.get("api") else weights_id(resolve(c, ""))
 
 
 def load_tokenizer(path: str):

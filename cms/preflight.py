@@ -9,6 +9,7 @@ overrides into its cells and checks each cell's config.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cms import config, data, hub, models
+from cms import config, data, hub, models, sampling
 
 
 new_folder: Path | None = None  # the top folder a multirun's sweep directory creates (removed when nothing could start)
@@ -44,16 +45,41 @@ def _card_problem(key: str, card: dict) -> str | None:
     return None
 
 
+def _api_problem(key: str, card: dict) -> str | None:
+    """What is wrong with asking a card's API here: a key variable that is not set."""
+    env = card["api"].get("key_env")
+    if env and not os.environ.get(env):
+        return f"{key} is asked through {card['api'].get('base_url')} with the key in ${env}, which is not set: export {env}=<your key>"
+    return None
+
+
 def problems(c: dict) -> list[str]:
     """Everything one cell's resolved config (a plain dict) needs and does not have."""
     out, family, ds = [], c["family"], c["dataset"]
     roles = {c["setting"]["learner"]} | ({c["model"]["role"]} if c["data"]["source"] == "sampled" else set())
     if c["judge"]["role"]:
         roles.add(c["judge"]["role"])
+    generators = {c["model"]["role"]} if c["data"]["source"] == "sampled" else set()
+    hosted = getattr(sampling.engine_class(c["sampler"]["_target_"]), "hosted", False)
+    for role in generators:
+        card = family[role]
+        if card.get("api") and not hosted and not (card.get("path") or card.get("tiny")):
+            out.append(f"family.{role} is a hosted model ({card['api']['base_url']}), which sampler={c['sampler']['backend']} cannot run: use sampler=openai")
+        if hosted and not card.get("api"):
+            out.append(f"sampler={c['sampler']['backend']} asks a model behind an API, and family.{role} ({card.get('name')}) has none: "
+                       f"set family.{role}.api (family=local_api shows how), or use sampler=hf or vllm")
     for role in sorted(roles):
-        out.append(_card_problem(f"family.{role}", family[role]))
+        card = family[role]
+        if card.get("api") and role in generators | {c["judge"]["role"]}:
+            out.append(_api_problem(f"family.{role}", card))
+        if card.get("api") and role == c["setting"]["learner"] and not (card.get("path") or card.get("tiny")):
+            out.append(f"setting={c['setting']['name']} fine-tunes family.{role}, a hosted model ({card['api']['base_url']}): "
+                       f"give family.{role}.path (its weights), or choose setting=kd with a local family.student")
+        elif not card.get("api") or role == c["setting"]["learner"]:
+            out.append(_card_problem(f"family.{role}", card))
     if c["judge"]["model"]:
-        out.append(_card_problem("judge.model", c["judge"]["model"]))
+        card = c["judge"]["model"]
+        out.append(_api_problem("judge.model", card) if card.get("api") else _card_problem("judge.model", card))
     for d in [ds] + [config.dataset_group(name) for name in c["evaluation"]["transfer"]]:
         if not d.get("procedural"):
             splits = list(dict.fromkeys((d["train_split"], d["test_split"])))

@@ -47,7 +47,8 @@ BUDGET_POINT = ("budget", "match", "se_samples", "ratio")
 COVERED = {"dataset.name", "family.name", "data.source", "budget.name", "budget.match", "budget.se_samples", "budget.ratio",
            "data.keep", "finetune.lr", "dataset.train_limit"}
 AXES = ("model.", "setting.", "seed")
-DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr", "fpr_judge", "fpr_human")
+DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr", "fpr_judge", "fpr_human",
+                "planned_flops", "spent_flops", "planned_usd", "spent_usd", "provider_usd")
 
 
 def load_results(sweep_dir: Path) -> list[dict]:
@@ -228,10 +229,13 @@ def crossover_rows(results: list[dict]) -> list[dict]:
     rest = tuple(k for k in group_fields(results) if k not in point)
     rows = []
     for head, cells in _pairs(results, rest + ("setting",) + point):
-        flops = {m: spread([c[m]["spent_flops"] / c[m]["n_questions"] for c in cells if m in c and c[m].get("n_questions")])[0] for m in ("wc", "se")}
+        flops = {m: spread([c[m]["spent_flops"] / c[m]["n_questions"] for c in cells
+                            if m in c and c[m].get("n_questions") and c[m].get("spent_flops") is not None])[0] for m in ("wc", "se")}
+        usd = {m: spread([c[m]["spent_usd"] / c[m]["n_questions"] for c in cells
+                          if m in c and c[m].get("n_questions") and c[m].get("spent_usd") is not None])[0] for m in ("wc", "se")}
         samples = {m: next((c[m]["samples_per_question"] for c in cells if m in c), None) for m in ("wc", "se")}
         accs = {m: spread([c.get(m, {}).get("accuracy") for c in cells]) for m in ("wc", "se")}
-        rows.append({**head, "wc_samples": samples["wc"], "se_samples_drawn": samples["se"], "flops_wc": flops["wc"], "flops_se": flops["se"],
+        rows.append({**head, "wc_samples": samples["wc"], "se_samples_drawn": samples["se"], "flops_wc": flops["wc"], "flops_se": flops["se"], "usd_wc": usd["wc"], "usd_se": usd["se"],
                      "acc_wc_data": accs["wc"][0], "acc_wc_data_std": accs["wc"][1], "acc_se_data": accs["se"][0], "acc_se_data_std": accs["se"][1],
                      "relative_gain": gain(accs["wc"][0], accs["se"][0])})
     by_series = defaultdict(list)
@@ -317,6 +321,18 @@ def _cell(row: dict, key: str, pct: bool = False, signed: bool = False, points: 
     return f"{100 * value:{'+' if signed else ''}.1f}%" + (f" ± {100 * std:.1f}%" if std is not None else "")
 
 
+def _money(row: dict, key: str) -> str:
+    """Dollars, to the cent above one dollar and to four significant digits below."""
+    value = row.get(key)
+    return "n/a" if value is None else f"${value:,.2f}" if value >= 1 else f"${value:.4g}"
+
+
+def _provider(row: dict) -> str:
+    """The provider's own dollar figure and how far it is from ours (from the usage at the table's prices)."""
+    theirs, ours = row.get("provider_usd"), row.get("spent_usd")
+    return "n/a" if theirs is None else _money(row, "provider_usd") + (f" ({theirs - ours:+.2g} from ours)" if ours is not None else "")
+
+
 def _interval(row: dict) -> str:
     low, high = row.get("gain_ci95_low"), row.get("gain_ci95_high")
     return "n/a" if low is None else f"[{100 * low:+.1f}%, {100 * high:+.1f}%]" + (" excludes 0" if low > 0 or high < 0 else "")
@@ -370,10 +386,15 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
     out = {}
     drows = data_rows(results)
     if drows:
-        out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "FPR (exact)", "FPR (judge)", "FPR (people)"],
+        # the cost of the data in what it was matched on: FLOPs, and dollars where a price is known (an API's usage priced by the table)
+        costs = [(h, k) for h, k in (("planned FLOPs", "planned_flops"), ("spent FLOPs", "spent_flops"), ("planned $", "planned_usd"),
+                                     ("spent $", "spent_usd"), ("provider's $", "provider_usd")) if any(r.get(k) is not None for r in drows)]
+        out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "FPR (exact)", "FPR (judge)", "FPR (people)"]
+                           + [h for h, _ in costs],
                            [_head(r, shown) + [f"{r['model'].upper()} ({r['generator']})", _cell(r, "samples_per_question"), _cell(r, "sample_accuracy", True),
                                                _cell(r, "coverage", True), _cell(r, "diversity"), _cell(r, "fpr", True), _cell(r, "fpr_judge", True),
-                                               _cell(r, "fpr_human", True)] for r in drows])
+                                               _cell(r, "fpr_human", True)] + [_provider(r) if k == "provider_usd" else _money(r, k) if k.endswith("usd") else _cell(r, k) for _, k in costs]
+                            for r in drows])
     matched = matched_rows(curves or [])
     if matched:
         out["Coverage and diversity at the compute-matched points"] = (
@@ -405,10 +426,12 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
     xrows = crossover_rows(results)
     if xrows:
         rest = [k for k in shown if k not in BUDGET_POINT]
+        dollars = any(r["usd_se"] is not None or r["usd_wc"] is not None for r in xrows)
         out["Crossover: accuracy against sampling FLOPs"] = (
-            rest + ["setting", "SE samples", "WC samples", "FLOPs/question", "WC data", "SE data", "relative gain"],
-            [_head(r, rest) + [r["setting"], r["se_samples_drawn"], r["wc_samples"], _flops(r), _cell(r, "acc_wc_data", True),
-                               _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True)] for r in xrows])
+            rest + ["setting", "SE samples", "WC samples", "FLOPs/question"] + (["$/question"] if dollars else []) + ["WC data", "SE data", "relative gain"],
+            [_head(r, rest) + [r["setting"], r["se_samples_drawn"], r["wc_samples"], _flops(r)]
+             + ([_money({"v": r["usd_se"] or r["usd_wc"]}, "v")] if dollars else [])
+             + [_cell(r, "acc_wc_data", True), _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True)] for r in xrows])
     return out
 
 

@@ -27,6 +27,7 @@ import errno
 import functools
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import multiprocessing as mp
@@ -48,7 +49,14 @@ log = logging.getLogger(__name__)
 class Sample:
     text: str
     tokens: int  # generated tokens, stop string included: what the sampling cost
-    finish: str  # stop | length
+    finish: str  # stop | length | failed (an API gave no usable answer after its retries: not graded)
+    usage: dict | None = None  # an API's billed usage of the request (on its first sample): input, cached_input, output, reasoning, cost
+    error: str | None = None  # why a failed sample failed
+
+
+def row(qid: str, index: int, sample: Sample) -> dict:
+    """A stored sample: {qid, index, text, tokens, finish}, and usage or error where there is one."""
+    return {"qid": qid, "index": index, **{k: v for k, v in asdict(sample).items() if v is not None}}
 
 
 def seed_for(seed: int, qid: str, index: int) -> int:
@@ -276,15 +284,23 @@ class VLLMSampler:
             torch.cuda.empty_cache()
 
 
-BACKENDS = {"hf": HFSampler, "vllm": VLLMSampler}
+def engine_class(target: str):
+    """The engine class a sampler group names: ``module.Class`` (its ``_target_``), or a group's name
+    (``hf``, ``vllm``, ``openai``: the ``_target_`` of ``conf/sampler/<name>.yaml``)."""
+    if "." not in target:
+        from cms import config
+
+        target = config.sampler_group(target)["_target_"]
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
-def _serve(conn, backend: str, path: str, options: dict, threads: int) -> None:
+def _serve(conn, target: str, path: str, options: dict, threads: int) -> None:
     """The child side of ``Isolated``: build the engine, answer generate calls until closed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes the child
     torch.set_num_threads(threads)  # the parent's choice (cms.threads), not one per core
     try:
-        engine = BACKENDS[backend](path, **options)
+        engine = engine_class(target)(path, **options)
         conn.send(("ok", engine.batch_size))
     except Exception as err:
         conn.send(("error", f"{err.__class__.__name__}: {err}"))
@@ -314,10 +330,10 @@ class Isolated:
     a daemon. It is closed by ``close``, at the parent's exit, or when it finds the
     parent's end of the pipe gone."""
 
-    def __init__(self, backend: str, path: str, **options):
+    def __init__(self, target: str, path: str, **options):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, backend, path, options, torch.get_num_threads()), daemon=False)
+        self.proc = ctx.Process(target=_serve, args=(child, target, path, options, torch.get_num_threads()), daemon=False)
         self.proc.start()
         child.close()
         atexit.register(self.close)
@@ -356,20 +372,20 @@ class Isolated:
         self.conn.close()
 
 
-def make_sampler(backend: str, path: str, isolate: bool = False, **options):
-    """A sampler backend; ``isolate`` runs it in a child process (the default for vLLM)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown sampler backend {backend!r}: use sampler=hf or sampler=vllm")
-    return Isolated(backend, path, **options) if isolate else BACKENDS[backend](path, **options)
+def make_sampler(target: str, path: str | None, isolate: bool = False, **options):
+    """An engine: ``target`` is a sampler group's name or its ``_target_``; ``isolate`` runs it in a child
+    process (the default for vLLM)."""
+    return Isolated(target, path, **options) if isolate else engine_class(target)(path, **options)
 
 
 # sampler config keys that shape the requests or the split of work, not the engine
-NOT_ENGINE = ("backend", "temperature", "top_p", "worker", "workers")
+NOT_ENGINE = ("_target_", "backend", "temperature", "top_p", "worker", "workers")
 
 
-def from_config(sampler: dict, path: str, **extra):
-    """The engine that the ``sampler`` config group describes, loading ``path``."""
-    return make_sampler(sampler["backend"], path, **{k: v for k, v in sampler.items() if k not in NOT_ENGINE}, **extra)
+def from_config(sampler: dict, path: str | None, **extra):
+    """The engine that the ``sampler`` config group describes, loading ``path`` (None: a hosted model,
+    which ``card`` names)."""
+    return make_sampler(sampler.get("_target_") or sampler["backend"], path, **{k: v for k, v in sampler.items() if k not in NOT_ENGINE}, **extra)
 
 
 def cache_key(**parts) -> str:
@@ -420,42 +436,53 @@ def _append(f, text: str) -> None:
 
 
 def _draw(engine, store: Path, shard: int, items: list, n: int, seed: int, decoding: dict, advance) -> int:
-    """Draw what one shard lacks, under the shard's lock; returns the samples drawn."""
+    """Draw what one shard lacks, under the shard's lock; returns the samples drawn. An engine that
+    ``streams`` (an API) hands over each sample as it arrives, and each is stored at once."""
     path = store / f"shard-{shard:05d}.jsonl"
     have = {(r["qid"], r["index"]) for r in _read_rows(path)}
     missing: dict[tuple, list] = {}
-    for q, p in items:
+    for q, p, chat in items:
         indices = tuple(i for i in range(n) if (q.id, i) not in have)
         if indices:
-            missing.setdefault(indices, []).append((q, p))
+            missing.setdefault(indices, []).append((q, p, chat))
     drawn = 0
+
+    def store_lines(lines: list[str]) -> None:
+        nonlocal drawn
+        try:
+            _append(f, "".join(lines))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise OSError(errno.ENOSPC, f"disk full while writing samples to {path}: free space or move "
+                          f"paths.cache_dir (CMS_CACHE_DIR) elsewhere and run again. The samples stored before "
+                          f"are kept; the next run draws only the rest") from None
+        drawn += len(lines)
+        advance(len(lines))
+
     with path.open("a", encoding="utf-8") as f:
         for indices, group in missing.items():
-            seeds = [[seed_for(seed, q.id, i) for i in indices] for q, _ in group]
-            out = engine().generate([p for _, p in group], len(indices), seeds=seeds, **decoding)
-            lines = [json.dumps({"qid": q.id, "index": i, **asdict(s)}) + "\n"
-                     for (q, _), samples in zip(group, out) for i, s in zip(indices, samples)]
-            try:
-                _append(f, "".join(lines))
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                raise OSError(errno.ENOSPC, f"disk full while writing samples to {path}: free space or move "
-                              f"paths.cache_dir (CMS_CACHE_DIR) elsewhere and run again. The samples stored before "
-                              f"are kept; the next run draws only the rest") from None
-            drawn += len(lines)
-            advance(len(lines))
+            seeds = [[seed_for(seed, q.id, i) for i in indices] for q, _, _ in group]
+            prompts = [p for _, p, _ in group]
+            eng = engine()
+            if getattr(eng, "streams", False):
+                eng.generate(prompts, len(indices), seeds=seeds, chats=[c for *_, c in group], journal=store / f"batch-{shard:05d}.json",
+                             on_sample=lambda k, j, s: store_lines([json.dumps(row(group[k][0].id, indices[j], s)) + "\n"]), **decoding)
+            else:
+                out = eng.generate(prompts, len(indices), seeds=seeds, **decoding)
+                store_lines([json.dumps(row(q.id, i, s)) + "\n" for (q, _, _), samples in zip(group, out) for i, s in zip(indices, samples)])
     return drawn
 
 
 def run(
     *, generator: dict, questions: list, prompts: list[str], n: int, sampler: dict, decoding: dict,
-    seed: int, cache_dir: str | Path, key_parts: dict, worker: int = 0, workers: int = 1,
+    seed: int, cache_dir: str | Path, key_parts: dict, worker: int = 0, workers: int = 1, chats: list[list[dict]] | None = None,
 ) -> tuple[list[dict], bool, Path]:
     """``n`` samples for every question, from the store or freshly drawn.
 
     Returns (rows, cache_hit, store directory); each row is
-    {qid, index, text, tokens, finish}, in question order then index order.
+    {qid, index, text, tokens, finish} (``row``), in question order then index order. ``chats``: the
+    prompts as chat messages, for an API's chat endpoint.
 
     The store is keyed without ``n``: samples are kept per (question, index), so a
     larger budget draws only the indices it lacks and a smaller one is free. The
@@ -473,7 +500,7 @@ def run(
     store = Path(cache_dir) / "samples" / key
     store.mkdir(parents=True, exist_ok=True)
     size = _shard_size(store, sampler["batch_size"])
-    items = list(zip(questions, prompts))
+    items = list(zip(questions, prompts, chats or [None] * len(prompts)))
     shards = [items[i : i + size] for i in range(0, len(items), size)]
     order = list(range(worker, len(shards), workers)) + [k for k in range(len(shards)) if k % workers != worker]
     engine, bar = None, None
@@ -483,7 +510,7 @@ def run(
         the model is built (a toy model is trained)."""
         nonlocal engine, bar
         if engine is None:
-            engine = from_config(sampler, models.resolve(generator, cache_dir), seed=seed)
+            engine = from_config(sampler, None if generator.get("api") else models.resolve(generator, cache_dir), seed=seed, card=generator)
             bar = progress.bar(n * len(items), f"sampling {generator['name']}", unit="sample")
         return engine
 

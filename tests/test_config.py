@@ -90,9 +90,20 @@ def test_unknown_group_option_lists_the_choices():
 
 
 def test_invalid_choice_names_the_fix():
-    cfg = compose_with(["sampler.backend=tgi"])
-    with pytest.raises(ValueError, match="sampler.backend='tgi' is not one of hf, vllm"):
+    cfg = compose_with(["data.keep=some"])
+    with pytest.raises(ValueError, match="data.keep='some' is not one of all, one"):
         config.validate(cfg)
+
+
+def test_a_sampler_group_names_an_engine_that_exists_and_only_its_options():
+    with pytest.raises(config.ConfigError, match="sampler._target_='cms.sampling.TGISampler' cannot be imported"):
+        config.validate(compose_with(["sampler._target_=cms.sampling.TGISampler"]))
+    with pytest.raises(config.ConfigError, match=r"sampler.max_row is not a setting of HFSampler \(did you mean sampler.max_rows\?\)"):
+        config.validate(compose_with(["+sampler.max_row=3"]))
+    with pytest.raises(config.ConfigError, match="sampler.gpu_memory_utilization is not a setting of OpenAISampler"):
+        config.validate(compose_with(["sampler=openai", "+sampler.gpu_memory_utilization=0.5"]))
+    with pytest.raises(config.ConfigError, match="judge.backend='tgi' is not a sampler group: use one of hf, openai, vllm"):
+        config.validate(compose_with(["judge.backend=tgi"]))
 
 
 def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
