@@ -52,6 +52,15 @@ class BudgetError(ValueError):
     """A budget that cannot be honoured, with the reason and the fix in its message."""
 
 
+def unknown_size(params: dict, match: str, ratio: float | None = None, flops_per_question: float | None = None) -> str | None:
+    """Why this budget cannot be computed when a model's parameter count is unknown (None): a hosted model."""
+    unknown = [r for r in ("wc", "se") if params.get(r) is None]
+    if unknown and match == "compute" and (ratio is None or flops_per_question is not None):
+        return (f"budget.match=compute needs both models' parameter counts, and family.{unknown[0]} is a hosted model of unknown size: "
+                f"match on price (budget=price, from the price table) or give its size (family.{unknown[0]}.params=<count>)")
+    return None
+
+
 def sample_flops(params: float, tokens: float) -> float:
     """FLOPs to sample ``tokens`` tokens from a model of ``params`` parameters."""
     return 2.0 * params * tokens
@@ -99,12 +108,9 @@ def samples_per_question(
         raise BudgetError(f"unknown generator role {role!r}: use model=wc or model=se")
     if match not in MATCHES:
         raise BudgetError(f"unknown budget match {match!r}: use one of {', '.join(MATCHES)}")
-    unknown = [r for r in ("wc", "se") if params.get(r) is None]
-    if unknown and match == "compute" and (ratio is None or flops_per_question is not None):
-        raise BudgetError(
-            f"budget.match=compute needs both models' parameter counts, and family.{unknown[0]} is a hosted model of unknown size: "
-            f"match on price (budget=price, from the price table) or give its size (family.{unknown[0]}.params=<count>)"
-        )
+    unknown = unknown_size(params, match, ratio, flops_per_question)
+    if unknown:
+        raise BudgetError(unknown)
     if flops_per_question is not None:
         if match != "compute":
             raise BudgetError("budget.flops_per_question only makes sense with budget.match=compute")

@@ -235,6 +235,7 @@ CHOICES = {
 
 # settings that say where or how fast a cell runs, not what it computes
 UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "threads", "detach", "rerun", "stop_after", "sampler.worker", "sampler.workers",
+                   "sampler._target_", "prices",  # the class behind a backend's name; the table (a cell's fingerprint holds the two prices it used)
                    "sampler.concurrency", "sampler.max_retries", "sampler.timeout_s", "sampler.poll_s", "family.wc.api.limits", "family.se.api.limits",
                    "sampler.batch_size", "sampler.max_rows", "sampler.isolate", "sampler.gpu_memory_utilization", "sampler.cpu_memory_utilization", "sampler.enforce_eager", "sampler.tensor_parallel_size",
                    "grading.workers", "evaluation.batch_size", "finetune.log_every", "finetune.save_every", "finetune.peak_tflops",
@@ -242,8 +243,14 @@ UNFINGERPRINTED = ("paths.output_dir", "paths.cache_dir", "logger", "threads", "
 
 
 def cell_fingerprint(c: dict) -> dict:
-    """The settings that change what a cell computes: the resolved config less ``UNFINGERPRINTED``."""
-    return {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
+    """The settings that change what a cell computes: the resolved config less ``UNFINGERPRINTED``, and
+    under price matching the two output prices it matched on (not the whole table)."""
+    from cms import prices
+
+    out = {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
+    if (c.get("budget") or {}).get("match") == "price":
+        out.update({f"prices.{r}.output": prices.output_price(c["family"][r], c.get("prices") or {}) for r in ("wc", "se")})
+    return out
 
 
 class ConfigError(ValueError):

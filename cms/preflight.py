@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cms import config, data, hub, models, sampling
+from cms import budget, config, data, hub, models, sampling
 
 
 new_folder: Path | None = None  # the top folder a multirun's sweep directory creates (removed when nothing could start)
@@ -61,6 +61,10 @@ def problems(c: dict) -> list[str]:
         roles.add(c["judge"]["role"])
     generators = {c["model"]["role"]} if c["data"]["source"] == "sampled" else set()
     hosted = getattr(sampling.engine_class(c["sampler"]["_target_"]), "hosted", False)
+    b = c["budget"]
+    if generators:
+        out.append(budget.unknown_size({r: None if family[r].get("api") and not family[r].get("params") else 1 for r in ("wc", "se")},
+                                       b["match"], b["ratio"], b["flops_per_question"]))
     for role in generators:
         card = family[role]
         if card.get("api") and not hosted and not (card.get("path") or card.get("tiny")):

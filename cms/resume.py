@@ -41,10 +41,20 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# what a setting that one side lacks meant there: a setting added since, at None, is the behaviour from
+# before it (off); an older cms wrote sampler.per_index_seed=true for every backend, and only vLLM reads it
+SINCE = {"sampler.per_index_seed": True}
+
+
 def differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every flattened key whose value differs."""
+    """``key: old -> new`` for every flattened key whose value differs (a key one side lacks counts as
+    its ``SINCE`` value, else None)."""
     a, b = flatten(json.loads(json.dumps(old, default=str))), flatten(json.loads(json.dumps(new, default=str)))
-    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+    def value(d: dict, k: str):
+        return d[k] if k in d else SINCE.get(k)
+
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b)) if value(a, k) != value(b, k)]
 
 
 def check(stored: Optional[dict], fingerprint: dict, where: Path, what: str) -> None:

@@ -82,6 +82,8 @@ def test_preflight_names_a_missing_key_and_a_hosted_learner(monkeypatch):
     assert any("OPENAI_API_KEY, which is not set: export OPENAI_API_KEY=<your key>" in p for p in found)
     c = OmegaConf.to_container(compose_with(["family=openai", "sampler=openai", "setting=self"]), resolve=True)
     assert any("setting=self fine-tunes family.wc, a hosted model" in p for p in preflight.problems(c))
+    c = OmegaConf.to_container(compose_with(["family=openai", "sampler=openai", "budget=low"]), resolve=True)
+    assert any("budget.match=compute needs both models' parameter counts" in p for p in preflight.problems(c))
     c = OmegaConf.to_container(compose_with(["family=gemini", "budget=price"]), resolve=True)
     assert any("family.wc is a hosted model (https://generativelanguage" in p and "use sampler=openai" in p for p in preflight.problems(c))
     c = OmegaConf.to_container(compose_with(["sampler=openai"]), resolve=True)
@@ -128,3 +130,25 @@ def test_a_backend_is_one_module_and_one_yaml(env, tmp_path):
     assert len({r["qid"] for r in graded}) == 8 and all(r["answer"] == "7" for r in graded)  # debug=smoke: 8 questions
     bad = subprocess.run(run + ["+sampler.anwser=1"], env={**env, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "sampler.anwser is not a setting of EchoSampler (did you mean sampler.answer?)" in bad.stderr
+
+
+def test_a_cell_finished_by_an_older_cms_is_still_reused_and_a_price_change_is_not():
+    """Settings added since (at None) and sampler.per_index_seed, which an older cms wrote for every
+    backend, are no difference; a price-matched cell's fingerprint holds the two prices it used, so a
+    new row in the table leaves it alone and a changed price does not."""
+    from cms import config, resume
+
+    now = config.cell_fingerprint(OmegaConf.to_container(compose_with([]), resolve=True))
+    older = {k: v for k, v in now.items() if v is not None and k != "evaluation.backend"} | {"sampler.per_index_seed": True}
+    assert "family.wc.api" in now and "family.wc.api" not in older
+    resume.check(older, now, ROOT, "a cell")
+    with pytest.raises(resume.StaleError, match="sampler.per_index_seed: False -> '<unset>'"):
+        resume.check(older | {"sampler.per_index_seed": False}, now, ROOT, "a cell")
+
+    def priced(*overrides):
+        return config.cell_fingerprint(OmegaConf.to_container(compose_with(["family=gemini", "budget=price", *overrides]), resolve=True))
+
+    base = priced()
+    assert base["prices.wc.output"] == 0.3 and base["prices.se.output"] == 10.5 and not any(k.startswith("prices.models") for k in base)
+    assert priced("+prices.models.new-model={input: 1, output: 2}") == base
+    assert resume.differences(base, priced("family.se.price_per_mtok=5.0")) == ["family.se.price_per_mtok: None -> 5.0", "prices.se.output: 10.5 -> 5.0"]
