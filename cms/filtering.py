@@ -9,7 +9,8 @@
   solutions whose final answer is right but whose reasoning is not.
 
 ``keep="one"`` keeps only the first correct solution of each question: the same
-coverage with no diversity (the paper's coverage/diversity ablation).
+coverage with no diversity (the paper's coverage/diversity ablation). ``diversity``
+is that of the data kept; ``diversity_sampled`` that of every correct sample.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def run(questions: list, rows: list[dict], verdicts: list[str], step_check: Opti
         valid = step_check(q.question, row["text"]) if step_check else None
         kept.append({"qid": q.id, "index": row["index"], "question": q.question, "solution": row["text"].strip(),
                      "reference": q.solution, "valid_steps": valid})
-    n = len(questions)
+    n, kept_unique = len(questions), {normalise(k["solution"]) + "\0" + k["qid"] for k in kept}
     metrics = {
         "coverage": len(unique) / n if n else 0.0,
-        "diversity": sum(len(s) for s in unique.values()) / n if n else 0.0,
+        "diversity": len(kept_unique) / n if n else 0.0,  # of the data kept: keep=one keeps one per question
+        "diversity_sampled": sum(len(s) for s in unique.values()) / n if n else 0.0,  # of every correct sample
         "sample_accuracy": verdicts.count(CORRECT) / len(verdicts) if verdicts else 0.0,
         "ungraded": verdicts.count(UNGRADED),
         "n_samples": len(rows),

@@ -46,3 +46,6 @@ def test_step_checker_flags_a_planted_wrong_step():
     verdicts = grading.grade("gsm8k", [(r["text"], "9") for r in rows])
     kept, metrics = filtering.run([record], rows, verdicts, arith.check_steps)
     assert len(kept) == 2 and metrics["fpr"] == 0.5 and metrics["diversity"] == 2 and metrics["coverage"] == 1.0
+    # keep=one keeps one solution: its diversity is 1, the samples' is still 2
+    kept, metrics = filtering.run([record], rows, verdicts, arith.check_steps, keep="one")
+    assert len(kept) == 1 and metrics["diversity"] == 1 and metrics["diversity_sampled"] == 2 and metrics["coverage"] == 1.0
