@@ -38,6 +38,7 @@ from cms.sampling import Sample
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = (408, 409, 429)
+MAX_N = 128  # samples per request at most (OpenAI's limit on n)
 DONE = ("completed", "failed", "expired", "cancelled")
 
 
@@ -158,7 +159,9 @@ class OpenAISampler:
         for q, prompt in enumerate(prompts):
             content = {"messages": chats[q] if chats and chats[q] else [{"role": "user", "content": prompt}]} if self.chat else {"prompt": prompt}
             if self.api.get("n", True) and not self.api.get("seed") and n > 1:
-                out.append((q, list(range(n)), {**content, "n": n}))
+                for start in range(0, n, MAX_N):  # OpenAI takes n <= 128 per request
+                    idx = list(range(start, min(n, start + MAX_N)))
+                    out.append((q, idx, {**content, **({"n": len(idx)} if len(idx) > 1 else {})}))
             else:
                 out += [(q, [i], {**content, **({"seed": seeds[q][i]} if self.api.get("seed") else {})}) for i in range(n)]
         return out

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cms import budget, preflight, prices, report
-from cms.api_sampling import Bucket, retry_after, samples_of
+from cms.api_sampling import Bucket, OpenAISampler, retry_after, samples_of
 from conftest import ROOT
 from test_config import compose_with
 
@@ -152,3 +152,12 @@ def test_a_cell_finished_by_an_older_cms_is_still_reused_and_a_price_change_is_n
     assert base["prices.wc.output"] == 0.3 and base["prices.se.output"] == 10.5 and not any(k.startswith("prices.models") for k in base)
     assert priced("+prices.models.new-model={input: 1, output: 2}") == base
     assert resume.differences(base, priced("family.se.price_per_mtok=5.0")) == ["family.se.price_per_mtok: None -> 5.0", "prices.se.output: 10.5 -> 5.0"]
+
+
+def test_requests_ask_at_most_128_samples_each_and_seeded_ones_one():
+    card = {"name": "m", "api": {"base_url": "http://127.0.0.1:1/v1", "model": "m", "endpoint": "chat", "key_env": None, "n": True, "seed": False}}
+    requests = OpenAISampler(card=card)._requests(["p"], 300, [list(range(300))], None)
+    assert [len(idx) for _, idx, _ in requests] == [128, 128, 44] and [b["n"] for *_, b in requests] == [128, 128, 44]
+    assert [i for _, idx, _ in requests for i in idx] == list(range(300)) and requests[0][2]["messages"] == [{"role": "user", "content": "p"}]
+    seeded = OpenAISampler(card={**card, "api": {**card["api"], "seed": True}})._requests(["p", "q"], 2, [[5, 6], [7, 8]], None)
+    assert [(q, idx, b["seed"]) for q, idx, b in seeded] == [(0, [0], 5), (0, [1], 6), (1, [0], 7), (1, [1], 8)] and "n" not in seeded[0][2]
