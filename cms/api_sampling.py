@@ -173,17 +173,13 @@ class OpenAISampler:
                     **({"stop": list(stop)} if stop else {})}
         requests = [(q, idx, {**decoding, **body}) for q, idx, body in self._requests(prompts, n, seeds, chats)]
         results: list[list] = [[None] * n for _ in prompts]
-
-        def done(q: int, idx: list[int], samples: list[Sample]) -> None:
-            for i, s in zip(idx, samples):
-                results[q][i] = s
-                self.stats["failed" if s.finish == "failed" else "samples"] += 1
-                if on_sample:
-                    on_sample(q, i, s)
-
         with progress.bar(len(prompts) * n, desc, unit="sample") as bar:
-            def finished(q, idx, samples):
-                done(q, idx, samples)
+            def finished(q: int, idx: list[int], samples: list[Sample]) -> None:
+                for i, s in zip(idx, samples):
+                    results[q][i] = s
+                    self.stats["failed" if s.finish == "failed" else "samples"] += 1
+                    if on_sample:
+                        on_sample(q, i, s)
                 bar.update(len(idx))
 
             runner = self._batch(requests, journal, finished) if self.api.get("batch") else self._online(requests, finished)

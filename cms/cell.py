@@ -232,8 +232,7 @@ def _engine_for(c: dict, card: dict, backend: str | None) -> dict:
     when it can (an API's for a hosted card, a local one for local weights), else openai or hf."""
     if backend:
         return config.sampler_group(backend)
-    hosted = getattr(sampling.engine_class(c["sampler"]["_target_"]), "hosted", False)
-    if hosted == bool(card.get("api")):
+    if sampling.hosted(c["sampler"]) == bool(card.get("api")):
         return c["sampler"]
     return config.sampler_group("openai" if card.get("api") else "hf")
 

@@ -60,7 +60,7 @@ def problems(c: dict) -> list[str]:
     if c["judge"]["role"]:
         roles.add(c["judge"]["role"])
     generators = {c["model"]["role"]} if c["data"]["source"] == "sampled" else set()
-    hosted = getattr(sampling.engine_class(c["sampler"]["_target_"]), "hosted", False)
+    hosted = sampling.hosted(c["sampler"])
     b = c["budget"]
     if generators:
         out.append(budget.unknown_size({r: None if family[r].get("api") and not family[r].get("params") else 1 for r in ("wc", "se")},

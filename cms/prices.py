@@ -11,8 +11,6 @@ where it reports one (OpenRouter's ``usage.cost``), kept to compare with ours.
 
 from __future__ import annotations
 
-from cms.budget import BudgetError
-
 PER = 1_000_000
 
 
@@ -30,17 +28,6 @@ def output_price(card: dict, table: dict) -> float | None:
     return float(row["output"]) if row else None
 
 
-def require(card: dict, table: dict, role: str) -> dict:
-    """The card's row, or a ``BudgetError`` naming how to give it one."""
-    row = entry(card, table)
-    if row is None:
-        name = card.get("priced_as") or (card.get("api") or {}).get("model")
-        known = ", ".join(sorted(table.get("models") or {}))
-        raise BudgetError(f"the price table {table.get('version')!r} has no row for {name!r} (family.{role}): set "
-                          f"family.{role}.priced_as to one of {known}, or add the model to conf/prices/{table.get('version')}.yaml")
-    return row
-
-
 def cost(row: dict, usage: dict, batch: bool = False) -> float:
     """Dollars for one request's ``usage`` ({input, cached_input, output, reasoning}) at ``row``'s prices."""
     cached, reasoning = usage.get("cached_input") or 0, usage.get("reasoning") or 0
@@ -49,11 +36,10 @@ def cost(row: dict, usage: dict, batch: bool = False) -> float:
     return dollars * (1 - row.get("batch_discount", 0.0)) if batch else dollars
 
 
-def planned(row_or_price: dict | float, samples: int, solution_tokens: int) -> float:
+def planned(output_price: float, samples: int, solution_tokens: int) -> float:
     """What ``samples`` solutions of ``solution_tokens`` output tokens were planned to cost (price matching
     counts output tokens, as the paper does)."""
-    price = row_or_price["output"] if isinstance(row_or_price, dict) else row_or_price
-    return samples * solution_tokens * price / PER
+    return samples * solution_tokens * output_price / PER
 
 
 def spent(rows: list[dict], row: dict | None, output_price: float | None, batch: bool = False) -> dict:

@@ -295,6 +295,11 @@ def engine_class(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def hosted(sampler: dict) -> bool:
+    """Whether a sampler group's engine asks a model behind an API (it cannot run local weights)."""
+    return getattr(engine_class(sampler["_target_"]), "hosted", False)
+
+
 def _serve(conn, target: str, path: str, options: dict, threads: int) -> None:
     """The child side of ``Isolated``: build the engine, answer generate calls until closed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes the child
