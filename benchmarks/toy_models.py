@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     family = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/family/toy.yaml"))
     ds = OmegaConf.load(ROOT / "conf/dataset/arith.yaml")
-    test = arith.load("test", dict(ds.procedural.sizes), ds.procedural.seed)
+    test = arith.load("test", dict(ds.generator.sizes), ds.generator.seed)
     fmt = PromptFormat(ds.question_template, ds.solution_template)
     cache = os.environ.get("CMS_CACHE_DIR") or config.user_cache()
     params = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cms import arith, budget, config, data, evaluation, filtering, finetuning, grading, judge, models, prices, resume, sampling, threads, tracking
+from cms import budget, config, data, evaluation, filtering, finetuning, grading, judge, models, prices, resume, sampling, threads, tracking
 
 log = logging.getLogger("cms")
 
@@ -62,7 +62,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
              f", WC:SE ratio {plan.ratio_exact:.3f} drawn as {plan.ratio_used:g}" if plan.ratio_exact else "")
 
     train, test = _split(c, ds, "train_split"), _split(c, ds, "test_split")
-    sources = {split: {**data.provenance(ds["name"], ds[f"{split}_split"], c["paths"]["data_dir"], ds["hub"], ds["procedural"]),
+    sources = {split: {**data.provenance(ds["name"], ds[f"{split}_split"], c["paths"]["data_dir"], ds["hub"], ds["generator"]),
                        "rows": len(records)} for split, records in (("train", train), ("test", test))}
     log.info("data: %s train from %s; test from %s", ds["name"], data.describe(sources["train"]), data.describe(sources["test"]))
     exemplars, questions, val = data.split_exemplars(train, ds["num_shots"], ds["train_limit"], c["finetune"]["val_size"])
@@ -98,8 +98,9 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
             rows, n_failed = [r for r in rows if r["finish"] != "failed"], len(failed)
         gold = {q.id: q.answer for q in questions}
         verdicts = grading.grade_cached(store / "verdicts.json", ds["answer_format"], [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
-        kept, quality = filtering.run(questions, rows, verdicts, arith.check_steps if ds["procedural"] else None, c["data"]["keep"])
-        data.write_rows(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t)))
+        check, same = filtering.hooks(ds)
+        kept, quality = filtering.run(questions, rows, verdicts, check, c["data"]["keep"], same)
+        data.write_rows(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t), same))
         spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
         source = generator["name"]
         if c["stop_after"] == "sampling":
@@ -223,7 +224,7 @@ def baseline_path(cache: Path, card: dict, path: str, ds: dict, test: list, exem
 
 def _split(c: dict, ds: dict, split: str, limit: int | None = None) -> list:
     """The records of a dataset group's split (``train_split`` or ``test_split``), the first ``limit``."""
-    records = data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["procedural"])
+    records = data.load(ds["name"], ds[split], ds["answer_format"], c["paths"]["data_dir"], ds["hub"], ds["generator"])
     return records[:limit] if limit is not None else records
 
 
@@ -265,8 +266,9 @@ def _protocols(c: dict, model_path: str, test: list, exemplars: list, transfer: 
     test answers, pass@1 over k samples and maj@k, and accuracy on other datasets."""
     ev, ds, out = c["evaluation"], c["dataset"], {}
     correct = judge.candidates(run_dir, "test")
-    if ds["procedural"]:
-        out["test_fpr"] = judge.rate([arith.check_steps(r["question"], r["solution"]) for r in correct])["fpr"]
+    check, _ = filtering.hooks(ds)
+    if check:
+        out["test_fpr"] = judge.rate([check(r["question"], r["solution"]) for r in correct])["fpr"]
     if c["judge"]["test_outputs"]:
         out["test_fpr_judge"] = _judge(c, cache, correct, run_dir / "judge_test.jsonl")["fpr"]
     if ev["samples"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cms.resume import flatten
 
@@ -86,7 +86,9 @@ class DatasetConf:
     train_split: str = "train"
     test_split: str = "test"
     hub: Dict[str, Any] = field(default_factory=dict)  # split -> {path, name, split, revision} for datasets.load_dataset
-    procedural: Optional[Dict[str, Any]] = None  # generated, not read: {sizes: {split: n}, seed, levels} (arith)
+    generator: Optional[Dict[str, Any]] = None  # generated, not read: {function: module.fn, **its arguments}: fn(split, **arguments)
+    step_checker: Optional[str] = None  # module.fn(question, solution) -> bool: whether the reasoning is valid (the exact FPR)
+    solution_key: Optional[str] = None  # module.fn(solution) -> str: solutions with equal keys are the same (diversity); default: the text up to whitespace
     num_shots: int = 8
     question_template: str = "Question: {question}\nAnswer:"
     solution_template: str = " {solution}\n\n"
@@ -324,6 +326,38 @@ def dataset_group(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DatasetConf), OmegaConf.load(path)), resolve=True)
 
 
+def unknown_override(args: list[str]) -> Optional[str]:
+    """A one-line message for the first command-line override whose key is neither a config group nor a
+    setting of the schema (``modle=wc``), naming the nearest key; None when all are known. Hydra would stop
+    on it with a schema error and suggest ``+modle=wc``, which the run would then ignore. ``+``/``~`` keys
+    (the preflight checks them), ``hydra.*`` and keys below free-form settings are left alone."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # a malformed override: Hydra says what is wrong with it
+        return None
+    schema = OmegaConf.structured(RunConf)
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_add() or o.is_delete() or key.split("/")[0].split(".")[0] == "hydra" or (CONF / key).is_dir():
+            continue
+        node, parts = schema, key.replace("/", ".").split(".")
+        for i, part in enumerate(parts):
+            fields = getattr(OmegaConf.get_type(node), "__dataclass_fields__", None) if isinstance(node, DictConfig) else None
+            if fields is None:  # a free-form setting: anything below it is the user's
+                break
+            if part not in fields:
+                at = "".join(f"{p}." for p in parts[:i])
+                near = difflib.get_close_matches(part, list(fields), n=1)
+                return (f"{o.input_line}: cms has no setting {at}{part}" + (f" (did you mean {at}{near[0]}?)" if near else "")
+                        + "; `python -m cms.run --help` lists the groups, and conf/ every option")
+            node = node._get_node(part)
+    return None
+
+
 def register() -> None:
     """Register the schema and the resolvers the YAML files use."""
     ConfigStore.instance().store(name="schema", node=RunConf)
@@ -331,6 +365,14 @@ def register() -> None:
         OmegaConf.register_new_resolver("cms_root", lambda: str(ROOT))
     if not OmegaConf.has_resolver("cms_user_cache"):
         OmegaConf.register_new_resolver("cms_user_cache", user_cache)
+    if not OmegaConf.has_resolver("cms_per_se_sample"):
+        OmegaConf.register_new_resolver("cms_per_se_sample", per_se_sample)
+
+
+def per_se_sample(steps: int, se_samples: int | None) -> int:
+    """Fine-tuning steps that scale with the sampling budget, as the paper's (600 steps at 1 SE sample
+    per question, 6,000 at 10): ``steps`` per SE sample; a budget in FLOPs (no SE samples) gets ``steps``."""
+    return int(steps) * int(se_samples or 1)
 
 
 def user_cache() -> str:

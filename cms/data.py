@@ -10,11 +10,12 @@ a file is either whole or absent.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from cms.hub import unreachable as hub_unreachable
 
@@ -162,12 +163,21 @@ def unavailable(data_dir: str | Path, name: str, splits: list[str], fmt: str, hu
     return missing_file(data_dir, name, missing, fmt, hub, f"the hub is unreachable ({offline})") if offline else None
 
 
-def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None, procedural: Optional[dict] = None) -> list[Record]:
-    """All records of one split: generated (arith), the local jsonl if present, else the hub dataset."""
-    if procedural:
-        from cms import arith
+def function(dotted: str, key: str) -> Callable:
+    """The function a dataset group names at ``key`` (``module.function``)."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise DataError(f"dataset.{key}={dotted} names no function ({err.__class__.__name__}: {err}): "
+                        f"give it as module.function, e.g. cms.arith.check_steps") from None
 
-        return arith.load(split, procedural["sizes"], procedural.get("seed", 0), tuple(procedural.get("levels", (1, 2, 3, 4))))
+
+def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[dict] = None, generator: Optional[dict] = None) -> list[Record]:
+    """All records of one split: generated (the group's generator), the local jsonl if present, else the hub dataset."""
+    if generator:
+        args = {k: v for k, v in generator.items() if k != "function"}
+        return function(generator["function"], "generator.function")(split, **args)
     path = Path(data_dir) / name / f"{split}.jsonl"
     if path.exists():
         return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{path}:{lineno}") for i, (lineno, row) in enumerate(_read_jsonl(path))]
@@ -182,12 +192,12 @@ def load(name: str, split: str, fmt: str, data_dir: str | Path, hub: Optional[di
     return [parse_row(row, fmt, f"{name}-{split}-{i}", f"{spec['path']}[{split}] row {i}") for i, row in enumerate(rows)]
 
 
-def provenance(name: str, split: str, data_dir: str | Path, hub: Optional[dict] = None, procedural: Optional[dict] = None) -> dict:
+def provenance(name: str, split: str, data_dir: str | Path, hub: Optional[dict] = None, generator: Optional[dict] = None) -> dict:
     """Where ``load`` reads a split from, the way ``load`` decides it: a generator and its settings, a local
     file and its sha256, or a hub dataset and its revision. Two cells whose splits differ here ran
     different experiments, whatever the dataset is called (a local MATH train file need not be the hub's)."""
-    if procedural:
-        return {"source": "generated", "generator": name, **{k: procedural[k] for k in sorted(procedural)}}
+    if generator:
+        return {"source": "generated", "generator": name, **{k: generator[k] for k in sorted(generator)}}
     path = Path(data_dir) / name / f"{split}.jsonl"
     if path.exists():
         return {"source": "file", "path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -1,7 +1,7 @@
 """False positives: a right final answer reached by wrong reasoning.
 
 Three ways to count them, all over solutions that grade correct:
-- exact, where the dataset can check every step (arith: ``arith.check_steps``);
+- exact, where the dataset group names a step checker (arith: ``arith.check_steps``);
 - an LLM judge: any model any sampler backend can load reads the question, the
   reference solution and the sampled one with the rubric below and ends with
   VALID or INVALID; the false positive rate is the share judged INVALID among

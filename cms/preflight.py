@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cms import budget, config, data, hub, models, sampling
+from cms import budget, config, data, filtering, hub, models, sampling
 
 
 new_folder: Path | None = None  # the top folder a multirun's sweep directory creates (removed when nothing could start)
@@ -85,10 +85,22 @@ def problems(c: dict) -> list[str]:
         card = c["judge"]["model"]
         out.append(_api_problem("judge.model", card) if card.get("api") else _card_problem("judge.model", card))
     for d in [ds] + [config.dataset_group(name) for name in c["evaluation"]["transfer"]]:
-        if not d.get("procedural"):
+        out.append(_hooks_problem(d))
+        if not d.get("generator"):
             splits = list(dict.fromkeys((d["train_split"], d["test_split"])))
             out.append(data.unavailable(c["paths"]["data_dir"], d["name"], splits, d["answer_format"], d.get("hub")))
     return [p for p in out if p]
+
+
+def _hooks_problem(d: dict) -> str | None:
+    """Why a function the dataset group names cannot be had (its generator, step checker, solution key)."""
+    try:
+        if d.get("generator"):
+            data.function(d["generator"]["function"], "generator.function")
+        filtering.hooks(d)
+    except data.DataError as err:
+        return str(err)
+    return None
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:

@@ -47,7 +47,7 @@ BUDGET_POINT = ("budget", "match", "se_samples", "ratio")
 COVERED = {"dataset.name", "family.name", "data.source", "budget.name", "budget.match", "budget.se_samples", "budget.ratio",
            "data.keep", "finetune.lr", "dataset.train_limit"}
 AXES = ("model.", "setting.", "seed")
-DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "fpr", "fpr_judge", "fpr_human",
+DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "multi_solution", "fpr", "fpr_judge", "fpr_human",
                 "planned_flops", "spent_flops", "planned_usd", "spent_usd", "provider_usd")
 
 
@@ -165,6 +165,15 @@ def _verdicts(cell: dict) -> Optional[dict[str, int]]:
     return cell["_verdicts"]
 
 
+def _resampled(k: int, q: int, n: int, seed: int):
+    """The paired bootstrap's weights: ``n`` resamples of ``k`` seeds and ``q`` questions, drawn once and
+    applied to both sides, as (seeds[n, k], questions[n, q]) counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(k, np.full(k, 1 / k), size=n), rng.multinomial(q, np.full(q, 1 / q), size=n)
+
+
 def gain_interval(pairs: list[dict[str, dict]], n: int = 2000, seed: int = 0) -> tuple[Optional[float], Optional[float]]:
     """Paired bootstrap 95% interval of the relative gain: seeds and test questions resampled together
     for WC and SE (each seed's two cells answered the same questions); None without per-question outputs."""
@@ -181,15 +190,75 @@ def gain_interval(pairs: list[dict[str, dict]], n: int = 2000, seed: int = 0) ->
         return None, None
     W = np.array([[w[i] for i in ids] for w, _ in per], dtype=float)
     S = np.array([[s[i] for i in ids] for _, s in per], dtype=float)
-    rng = np.random.default_rng(seed)
-    k, q = W.shape
-    seeds = rng.multinomial(k, np.full(k, 1 / k), size=n)
-    questions = rng.multinomial(q, np.full(q, 1 / q), size=n)
+    seeds, questions = _resampled(*W.shape, n, seed)
     wc = np.einsum("bs,sq,bq->b", seeds, W, questions)
     se = np.einsum("bs,sq,bq->b", seeds, S, questions)
     ok = se > 0
     g = (wc[ok] - se[ok]) / se[ok]
     return (float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))) if len(g) else (None, None)
+
+
+def _per_question(cell: dict) -> Optional[dict[str, tuple]]:
+    """A sampled cell's train questions: (covered, unique correct solutions, kept, kept with invalid steps),
+    read once from graded.jsonl and kept.jsonl and kept on the cell; None without graded samples."""
+    if "_data" not in cell:
+        d = Path(cell["_dir"]) if cell.get("_dir") else None
+        if d is None or not (d / "graded.jsonl").exists():
+            cell["_data"] = None
+            return None
+        unique: dict[str, set] = defaultdict(set)
+        for g in data.read_rows(d / "graded.jsonl"):
+            unique[g["qid"]].update([g["key"]] if g["correct"] else [])
+        kept, invalid = defaultdict(int), defaultdict(int)
+        for k in data.read_rows(d / "kept.jsonl") if (d / "kept.jsonl").exists() else []:
+            kept[k["qid"]] += 1
+            invalid[k["qid"]] += k.get("valid_steps") is False
+        one = (cell.get("config") or {}).get("data", {}).get("keep") == "one"  # one kept per question: diversity is coverage
+        cell["_data"] = {q: (bool(u), min(len(u), 1) if one else len(u), kept[q], invalid[q]) for q, u in unique.items()}
+    return cell["_data"]
+
+
+def data_difference_rows(results: list[dict], n: int = 2000, seed: int = 0) -> list[dict]:
+    """WC data minus SE data, per group: coverage (points), diversity (solutions per question) and the exact
+    FPR of the kept data (points), each with a paired bootstrap 95% interval over seeds and train questions
+    (both generators' cells of a seed sampled the same questions)."""
+    import numpy as np
+
+    rows = []
+    for head, pairs in _pairs([r for r in results if r.get("source") == "sampled"], group_fields(results)):
+        per = [(_per_question(p["wc"]), _per_question(p["se"])) for p in pairs if "wc" in p and "se" in p]
+        per = [(w, s) for w, s in per if w and s]
+        ids = sorted(set.intersection(*(set(w) & set(s) for w, s in per))) if per else []
+        if not ids:
+            continue
+        W = np.array([[w[i] for i in ids] for w, _ in per], dtype=float)  # [seed, question, figure]
+        S = np.array([[s[i] for i in ids] for _, s in per], dtype=float)
+        point = _differences(W, S, np.ones((1, len(per))), np.ones((1, len(ids))))
+        boot = _differences(W, S, *_resampled(len(per), len(ids), n, seed))
+        row = {**head, "seeds": len(per), "questions": len(ids)}
+        for name, value in point.items():
+            resampled = boot[name][np.isfinite(boot[name])]
+            known = np.isfinite(value[0]) and len(resampled) and (name != "fpr_diff" or _has_fpr(pairs))
+            row[name] = float(value[0]) if known else None
+            if known:
+                row[name + "_ci95_low"], row[name + "_ci95_high"] = (float(x) for x in np.percentile(resampled, [2.5, 97.5]))
+        rows.append(row)
+    return rows
+
+
+def _differences(W, S, seeds, questions) -> dict:
+    """WC minus SE for each row of weights over seeds and questions: coverage, diversity, FPR of the kept data."""
+    import numpy as np
+
+    wc, se = (np.einsum("bs,sqf,bq->bf", seeds, X, questions) for X in (W, S))
+    total = seeds.sum(1) * questions.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"coverage_diff": (wc[:, 0] - se[:, 0]) / total, "diversity_diff": (wc[:, 1] - se[:, 1]) / total,
+                "fpr_diff": wc[:, 3] / wc[:, 2] - se[:, 3] / se[:, 2]}
+
+
+def _has_fpr(pairs: list[dict[str, dict]]) -> bool:
+    return all(c.get("fpr") is not None for p in pairs for c in p.values())
 
 
 def protocol_metrics(results: list[dict]) -> list[str]:
@@ -225,7 +294,8 @@ def fpr_rows(results: list[dict]) -> list[dict]:
 def crossover_rows(results: list[dict]) -> list[dict]:
     """Accuracy against sampling FLOPs per question, one row per (group, setting, budget point),
     when the sweep holds more than one budget point for a group (the crossover study)."""
-    point = BUDGET_POINT + tuple(k for k in group_fields(results) if k.startswith("cfg:budget."))
+    # a budget point: its budget settings, and the fine-tuning steps, which follow the budget (finetune=toy, paper)
+    point = BUDGET_POINT + tuple(k for k in group_fields(results) if k.startswith("cfg:budget.") or k == "cfg:finetune.steps")
     rest = tuple(k for k in group_fields(results) if k not in point)
     rows = []
     for head, cells in _pairs(results, rest + ("setting",) + point):
@@ -333,9 +403,29 @@ def _provider(row: dict) -> str:
     return "n/a" if theirs is None else _money(row, "provider_usd") + (f" ({theirs - ours:+.2g} from ours)" if ours is not None else "")
 
 
-def _interval(row: dict) -> str:
-    low, high = row.get("gain_ci95_low"), row.get("gain_ci95_high")
-    return "n/a" if low is None else f"[{100 * low:+.1f}%, {100 * high:+.1f}%]" + (" excludes 0" if low > 0 or high < 0 else "")
+def _interval(row: dict, key: str = "gain", unit: str = "%") -> str:
+    """``[low, high] ± half-width``, marked when it excludes 0: in percent (``%``), points (``pt``) or as is ("")."""
+    low, high = row.get(f"{key}_ci95_low"), row.get(f"{key}_ci95_high")
+    if low is None:
+        return "n/a"
+    scale, digits = (1, ".3f") if unit == "" else (100, ".1f")
+    unit = "%" if unit == "%" else ""
+    return (f"[{scale * low:+{digits}}{unit}, {scale * high:+{digits}}{unit}] ± {scale * (high - low) / 2:{digits}}"
+            + (" excludes 0" if low > 0 or high < 0 else ""))
+
+
+def _undecided(rows: list[dict], shown: list[str]) -> list[str]:
+    """A line for each row whose gain's interval includes 0, named by its setting and the fields that tell
+    the rows apart: these runs cannot separate the sources."""
+    apart = [k for k in shown if len({str(r.get(k)) for r in rows}) > 1]
+    lines = []
+    for r in rows:
+        if r.get("gain_ci95_low") is not None and r["gain_ci95_low"] <= 0 <= r["gain_ci95_high"]:
+            where = ", ".join(f"{k.removeprefix('cfg:')}={r.get(k)}" for k in apart)
+            lines.append(f"- {r['setting']}{f' ({where})' if where else ''}: the 95% interval includes 0, so {r['seeds']} "
+                         f"seed{'s' * (r['seeds'] != 1)}" + (f" and {r['n_test']} test questions" if r.get("n_test") else "")
+                         + " cannot separate WC from SE data here (more seeds or test questions narrow it)")
+    return lines
 
 
 def data_mismatches(results: list[dict]) -> list[str]:
@@ -389,12 +479,19 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
         # the cost of the data in what it was matched on: FLOPs, and dollars where a price is known (an API's usage priced by the table)
         costs = [(h, k) for h, k in (("planned FLOPs", "planned_flops"), ("spent FLOPs", "spent_flops"), ("planned $", "planned_usd"),
                                      ("spent $", "spent_usd"), ("provider's $", "provider_usd")) if any(r.get(k) is not None for r in drows)]
-        out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "FPR (exact)", "FPR (judge)", "FPR (people)"]
+        out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "2+ solutions", "FPR (exact)", "FPR (judge)", "FPR (people)"]
                            + [h for h, _ in costs],
                            [_head(r, shown) + [f"{r['model'].upper()} ({r['generator']})", _cell(r, "samples_per_question"), _cell(r, "sample_accuracy", True),
-                                               _cell(r, "coverage", True), _cell(r, "diversity"), _cell(r, "fpr", True), _cell(r, "fpr_judge", True),
+                                               _cell(r, "coverage", True), _cell(r, "diversity"), _cell(r, "multi_solution", True), _cell(r, "fpr", True), _cell(r, "fpr_judge", True),
                                                _cell(r, "fpr_human", True)] + [_provider(r) if k == "provider_usd" else _money(r, k) if k.endswith("usd") else _cell(r, k) for _, k in costs]
                             for r in drows])
+    diffs = data_difference_rows(results)
+    if diffs:
+        out["WC data - SE data, paired 95% intervals"] = (
+            shown + ["coverage (points)", "95% CI", "diversity", "95% CI", "FPR exact (points)", "95% CI", "seeds", "questions"],
+            [_head(r, shown) + [_cell(r, "coverage_diff", points=True), _interval(r, "coverage_diff", "pt"), f"{r['diversity_diff']:+.3f}",
+                                _interval(r, "diversity_diff", ""), _cell(r, "fpr_diff", points=True), _interval(r, "fpr_diff", "pt"),
+                                r["seeds"], r["questions"]] for r in diffs])
     matched = matched_rows(curves or [])
     if matched:
         out["Coverage and diversity at the compute-matched points"] = (
@@ -446,7 +543,8 @@ def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: 
         if title.startswith("Crossover"):
             out += crossover_text(crossover_rows(results)) + [""]
         if title.startswith("pass@1"):
-            out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in accuracy_rows(results) if r["unpaired"]] + [""]
+            rows = accuracy_rows(results)
+            out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in rows if r["unpaired"]] + _undecided(rows, varying(results)) + [""]
     mismatched = data_mismatches(results)
     if mismatched:
         out += ["## Warning: compared cells read different data\n",
@@ -635,11 +733,20 @@ def _wandb_report(run, name: str, tables: dict, images: list[str]) -> str:
     return report.url
 
 
+def _csv_row(row: dict) -> dict:
+    """An accuracy row for summary.csv: the relative gain and its interval in percent, with the interval's
+    half-width (points) and whether it excludes 0."""
+    low, high = row["gain_ci95_low"], row["gain_ci95_high"]
+    pct = {k: None if row[k] is None else 100 * row[k] for k in ("relative_gain", "gain_ci95_low", "gain_ci95_high")}
+    return {**row, **pct, "gain_ci95_halfwidth": None if low is None else 50 * (high - low),
+            "gain_excludes_0": None if low is None else bool(low > 0 or high < 0)}
+
+
 def write_summary(sweep_dir: str | Path) -> str:
     """summary.csv and summary.md: the tables, no figures (what a multirun writes when it ends)."""
     sweep_dir = Path(sweep_dir)
     results = load_results(sweep_dir)
-    rows = accuracy_rows(results)
+    rows = [_csv_row(r) for r in accuracy_rows(results)]
     with (sweep_dir / "summary.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
         writer.writeheader()

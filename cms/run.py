@@ -10,6 +10,7 @@ modules are imported only when a cell runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,8 +25,17 @@ log = logging.getLogger("cms")
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
 
 
+def main() -> None:
+    """``python -m cms.run`` and ``cms-run``: a misspelt key ends in one line before Hydra composes anything."""
+    problem = config.unknown_override(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    run()
+
+
 @hydra.main(config_path=str(config.CONF), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict:
     from cms import cell, progress
 
     progress.quiet()

@@ -1,7 +1,8 @@
 """The toy world's models: WC, SE and student trained from scratch on arith.
 
 Each is a small Llama with a BPE tokenizer learnt from the arith pretraining
-corpus. It is trained on prompts in the sampling
+corpus: the ``pretrain`` split, which holds no question of the train (sampled,
+validation) or test splits (``arith.PARTS``). It is trained on prompts in the sampling
 format with a loss on the solution only; by default the prompts are zero-shot,
 as the arith dataset's are (models this small copy numbers from an exemplar
 instead of the question: 27% vs 44.5% greedy accuracy for toy-se 1-shot vs 0-shot). Training is deterministic given the card's seed
@@ -51,7 +52,7 @@ def examples(records: list, seed: int, max_shots: int = 0) -> list[tuple[str, st
 def build(card: dict, directory: Path) -> Path:
     """Train the card's model from scratch and write it as an HF directory at ``directory``."""
     spec = dict(card["train"])
-    corpus = arith.load("pretrain", {"pretrain": spec["corpus_size"], "test": spec.get("test_size", 500)}, seed=spec.get("data_seed", 0))
+    corpus = arith.load("pretrain", {"pretrain": spec["corpus_size"]}, seed=spec.get("data_seed", 0))
     pairs = examples(corpus, spec.get("seed", 0))
     tok = tokenizer([p + c for p, c in pairs], card["tiny"].get("vocab_size", 512))
     threads.refresh()

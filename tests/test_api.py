@@ -1,5 +1,5 @@
 """The API sampler against a real OpenAI-compatible server: vLLM's own (`vllm serve`, from its CPU
-build) on 127.0.0.1, serving the toy WC model (head size 32, a BOS-adding tokenizer) under two names,
+build) on 127.0.0.1, serving the toy WC model (with a BOS-adding tokenizer) under two names,
 `wc` and `se`, with an API key. Between the sampler and the server, where a test needs one, a proxy
 of the test's own counts the requests and injects faults on a schedule: 429 with Retry-After, 500, a
 dropped connection, a truncated body, an empty answer. All traffic stays on 127.0.0.1."""
@@ -29,8 +29,8 @@ pytest.importorskip("vllm", reason="vLLM not installed: pip install -e '.[vllm-c
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 TOY = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "family" / "toy.yaml"))
-CARD = {**TOY["wc"], "name": "toy-wc-h32", "adds_bos": True,
-        "tiny": {**TOY["wc"]["tiny"], "hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2}}
+# heads of 32, as every toy model's; half the toy recipe's steps: it ends its solutions, in half the time
+CARD = {**TOY["wc"], "name": "toy-wc-bos", "adds_bos": True, "train": {**TOY["wc"]["train"], "steps": 1000}}
 KEY_ENV, KEY = "CMS_TEST_API_KEY", "sk-test-4d1f0c2b9e7a"
 FMT = PromptFormat(arith.QUESTION_TEMPLATE, arith.SOLUTION_TEMPLATE)
 STOP = ["Question:", "\n\n"]

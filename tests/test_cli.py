@@ -96,6 +96,17 @@ def test_an_added_key_nothing_reads_is_refused_with_the_near_name(env, tmp_path)
     assert "+finetune.lr_decay is not a cms setting" in proc.stderr
 
 
+def test_a_misspelt_key_is_one_line_naming_the_near_key(env, tmp_path):
+    """Without the '+', Hydra would stop with a schema error and suggest '+modle=wc' (then silently ignored)."""
+    for override, near in (("modle=wc", "model"), ("dataset.train_limt=3", "dataset.train_limit")):
+        proc, seconds = cms(["-m", override, *SMOKE], env, tmp_path)
+        assert proc.returncode == 2 and seconds < 30, proc.stderr
+        assert proc.stderr.strip() == (f"error: {override}: cms has no setting {override.split('=')[0]} (did you mean {near}?); "
+                                       "`python -m cms.run --help` lists the groups, and conf/ every option")
+    assert config.unknown_override(["-m", "model=wc,se", "finetune/strategy=fsdp", "family.wc.tiny.hidden_size=64", "debug=smoke",
+                                    "hydra.sweep.dir=x", "+finetune.lr_decay=1", "--config-dir", "sweeps"]) is None
+
+
 def test_slurm_without_slurm_is_one_line_and_leaves_no_sweep_folder(env, tmp_path):
     bare = tmp_path / "bin"  # a PATH without sbatch, as on a laptop
     bare.mkdir()
@@ -163,14 +174,14 @@ def test_a_cell_logged_to_a_file_shows_its_phases_without_noise(env, tmp_path):
     the sampling bar comes after the model it samples from exists, and no banner or tip appears."""
     run_dir = tmp_path / "run"
     # trained enough to end some solutions in '#### N' (a solution without one is not kept), so the cell fine-tunes
-    small = [f"family.{r}.train.{k}={v}" for r in ("wc", "se", "student") for k, v in (("steps", 150), ("corpus_size", 2000))]
+    small = [f"family.{r}.train.{k}={v}" for r in ("wc", "se", "student") for k, v in (("steps", 500), ("corpus_size", 2000))]
     run_env = {**env, "CMS_PROGRESS_EVERY": "0", "CMS_CACHE_DIR": str(tmp_path / "cache")}
     proc, _ = cms(["debug=smoke", "logger=none", "model=wc", "setting=self", *small, f"hydra.run.dir={run_dir}"], run_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert re.search(r"training toy-wc: 150/150 step \(100%\) in .* - done", out)
+    assert re.search(r"training toy-wc: 500/500 step \(100%\) in .* - done", out)
     assert re.search(r"fine-tuning toy-wc: \d+/\d+ step", out) and "Epoch 0/-" not in out
-    assert out.index("training toy-wc: 150/150") < out.index("sampling toy-wc:")  # no sampling bar during training
+    assert out.index("training toy-wc: 500/500") < out.index("sampling toy-wc:")  # no sampling bar during training
     for noise in ("GPU available", "TPU available", "Tip:", "litmodels", "DeprecationWarning", "FutureWarning",
                   "does not have many workers", "max_steps=", "LeafSpec", "Loading weights", "Writing model shards",
                   "deprecated", "srun"):
@@ -202,3 +213,10 @@ def test_a_built_wheel_ships_the_configs(tmp_path):
     shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert {f"cms/{p}" for p in shipped} <= names, sorted({f"cms/{p}" for p in shipped} - names)
     assert "cms/conf/config.yaml" in names and "cms/archs/gemma-2-9b.json" in names
+
+
+def test_a_dataset_function_that_is_not_there_is_named_before_any_cell_starts(env, tmp_path):
+    proc, seconds = cms(["dataset.step_checker=cms.arith.nope", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], env, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and seconds < 30
+    assert "dataset.step_checker=cms.arith.nope names no function" in proc.stderr and "module.function" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -129,6 +129,13 @@ def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
         config.validate(compose_with(["finetune.strategy.name=deepspeed"]))
 
 
+def test_toy_finetuning_steps_scale_with_the_sampling_budget():
+    """The paper's rule (600 steps at budget=low, 6000 at high) for finetune=toy: 100 per SE sample."""
+    steps = {o: compose_with(list(o)).finetune.steps for o in [(), ("budget=high",), ("budget.se_samples=3",), ("budget=number",), ("budget=flops",)]}
+    assert steps == {(): 100, ("budget=high",): 1000, ("budget.se_samples=3",): 300, ("budget=number",): 1000, ("budget=flops",): 100}
+    assert compose_with(["budget=high", "finetune.steps=50"]).finetune.steps == 50
+
+
 def test_every_schema_key_is_read_somewhere():
     """A setting nothing reads does nothing (family.*.dtype, evaluation.batch_size and finetune.log_every
     once were such): every field of the schema is named in code outside the schema, or in the configs'

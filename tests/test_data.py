@@ -63,3 +63,35 @@ def test_exemplars_are_excluded_from_questions_and_prompt_is_completion_style():
     prompt = fmt.prompt(questions[0], exemplars)
     assert prompt.count("Question:") == 9 and prompt.endswith(questions[0].question + "\nAnswer:")
     assert prompt.count("####") == 8
+
+
+def test_a_generated_dataset_plugs_in_through_its_group(tmp_path, monkeypatch):
+    """A dataset group names its generator, step checker and solution key (module.function): data.load,
+    the provenance and filtering use them with no dataset-specific code, and data does not import arith."""
+    from cms import filtering
+
+    (tmp_path / "mydata.py").write_text(
+        "from cms.data import Record\n"
+        "def load(split, size, base):\n"
+        "    return [Record(f'{split}-{i}', f'{base} + {i}?', str(base + i), f'{base} + {i} = {base + i}\\n#### {base + i}') for i in range(size)]\n"
+        "def check(question, solution):\n"
+        "    return solution.startswith(question.rstrip('?'))\n"
+        "def key(solution):\n"
+        "    return solution.split('####')[-1].strip()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = {"name": "mine", "generator": {"function": "mydata.load", "size": 3, "base": 10},
+          "step_checker": "mydata.check", "solution_key": "mydata.key"}
+    records = data.load("mine", "train", "gsm8k", tmp_path, None, ds["generator"])
+    assert [r.answer for r in records] == ["10", "11", "12"]
+    assert data.provenance("mine", "train", tmp_path, None, ds["generator"])["function"] == "mydata.load"
+    check, key = filtering.hooks(ds)
+    rows = [{"qid": "train-1", "index": i, "text": t} for i, t in enumerate(["10 + 1 = 11\n#### 11", "1 + 10 = 11\n#### 11"])]
+    kept, quality = filtering.run(records, rows, ["correct", "correct"], check, same=key)
+    assert [k["valid_steps"] for k in kept] == [True, False] and quality["fpr"] == 0.5 and quality["diversity"] == 1 / 3
+    with pytest.raises(data.DataError, match="dataset.step_checker=mydata.nope names no function"):
+        filtering.hooks({**ds, "step_checker": "mydata.nope"})
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sys, cms.data, cms.run; print(sorted(m for m in sys.modules if m == 'cms.arith'))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -75,11 +75,48 @@ def test_paired_bootstrap_interval_over_seeds_and_questions(tmp_path):
     assert high - low < 0.5
     # the same answers on both sides: an interval around 0
     same = [correct[i - i % 2] for i in range(len(cells))]
-    cells_same = [{**c, "accuracy": sum(same[i]) / n} for i, c in enumerate(cells)]
+    cells_same = [{**c, "accuracy": sum(same[i]) / n, "n_test": n} for i, c in enumerate(cells)]
     [flat] = report.accuracy_rows(sweep(tmp_path / "b", cells_same, same))
     assert flat["relative_gain"] == 0 and flat["gain_ci95_low"] == 0 == flat["gain_ci95_high"]
     assert "excludes 0" in report.markdown(sweep(tmp_path / "c", cells, correct))
     assert json.dumps(row)  # summary.csv-able
+    # summary.csv: the gain and its interval in percent, the half-width in points, whether it excludes 0
+    report.write_summary(tmp_path / "c")
+    [written] = list(__import__("csv").DictReader((tmp_path / "c" / "summary.csv").open()))
+    assert float(written["gain_ci95_low"]) == 100 * low and float(written["relative_gain"]) == 100 * row["relative_gain"]
+    assert float(written["gain_ci95_halfwidth"]) == 50 * (high - low) and written["gain_excludes_0"] == "True"
+    # an interval that includes 0 is said to leave the sources apart undecided, with its half-width
+    text = report.markdown(sweep(tmp_path / "d", cells_same, same))
+    assert "kd: the 95% interval includes 0, so 3 seeds and 200 test questions cannot separate WC from SE data" in text
+    assert "[+0.0%, +0.0%] ± 0.0" in text
+
+
+def test_data_differences_have_paired_intervals_over_seeds_and_questions(tmp_path):
+    """WC covers 90% of 300 questions with 2 unique solutions each, SE 60% with 1: the coverage, diversity and
+    FPR differences of the data with their paired bootstrap intervals."""
+    rng = random.Random(0)
+    cells = []
+    for seed in range(2):
+        for model, p, unique, bad in (("wc", 0.9, 2, 0.2), ("se", 0.6, 1, 0.0)):
+            c = cell(model, "kd", seed, 0.3)
+            c["_graded"] = [{"qid": f"q{j}", "correct": ok, "key": f"{model}{k}"} for j in range(300)
+                            for ok in [rng.random() < p] for k in range(unique)]
+            c["_kept"] = [{"qid": g["qid"], "valid_steps": rng.random() >= bad} for g in c["_graded"] if g["correct"]]
+            cells.append(c)
+    for i, c in enumerate(cells):
+        d = tmp_path / f"{i}_{c['model']}_{c['setting']}"
+        d.mkdir(parents=True)
+        data.write_rows(d / "graded.jsonl", c.pop("_graded"))
+        data.write_rows(d / "kept.jsonl", c.pop("_kept"))
+        data.write_json(d / "results.json", {k: v for k, v in c.items() if k != "_dir"})
+    results = report.load_results(tmp_path)
+    [row] = report.data_difference_rows(results)
+    assert row["seeds"] == 2 and row["questions"] == 300
+    assert 0.2 < row["coverage_diff"] < 0.4 and row["coverage_diff_ci95_low"] > 0.2 and row["coverage_diff_ci95_high"] < 0.4
+    assert row["coverage_diff_ci95_low"] < row["coverage_diff"] < row["coverage_diff_ci95_high"]
+    assert 1.0 < row["diversity_diff_ci95_low"] < row["diversity_diff"] < row["diversity_diff_ci95_high"] < 1.4
+    assert 0.1 < row["fpr_diff_ci95_low"] < row["fpr_diff"] < row["fpr_diff_ci95_high"] < 0.3
+    assert "WC data - SE data, paired 95% intervals" in report.markdown(results)
 
 
 def test_the_accuracy_figure_draws_before_and_no_missing_side_and_says_what_its_error_bars_are(tmp_path, monkeypatch):

@@ -2,8 +2,8 @@
 n=S, stop strings, per-index seeds and prefix caching; greedy and sampled parity with the HF sampler;
 one token policy (a tokenizer that adds BOS); the isolated process; the judge; a grid cell.
 
-One engine serves the module (a load costs 20-40 s here). Its model is the toy world's WC recipe
-(trained on arith) at head size 32, the smallest vLLM's CPU attention accepts, with a tokenizer
+One engine serves the module (a load costs 20-40 s here). Its model is the toy world's WC model
+(trained on arith; its heads are 32 wide, the least vLLM's CPU attention accepts), with a tokenizer
 that adds BOS."""
 
 import json
@@ -22,8 +22,8 @@ pytest.importorskip("vllm", reason="vLLM not installed: pip install -e '.[vllm-c
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 TOY = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "family" / "toy.yaml"))
-CARD = {**TOY["wc"], "name": "toy-wc-h32", "adds_bos": True,
-        "tiny": {**TOY["wc"]["tiny"], "hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2}}
+# heads of 32, as every toy model's; half the toy recipe's steps: it ends its solutions, in half the time
+CARD = {**TOY["wc"], "name": "toy-wc-bos", "adds_bos": True, "train": {**TOY["wc"]["train"], "steps": 1000}}
 FMT = PromptFormat(arith.QUESTION_TEMPLATE, arith.SOLUTION_TEMPLATE)
 STOP = ["Question:", "\n\n"]
 ENGINE = {"dtype": "float32", "enforce_eager": True, "batch_size": 512}
@@ -182,10 +182,12 @@ def test_the_judge_on_vllm(model_path, questions, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_grid_cell_samples_and_evaluates_with_vllm(env, tmp_path, cache_dir):
-    """``sampler=vllm`` end to end through ``python -m cms.run`` (isolated engine, the configured default):
-    sampling, grading, fine-tuning, greedy evaluation; a re-run reuses every sample."""
-    args = ["model=wc", "setting=kd", "family=tiny", "debug=smoke", "sampler=vllm", "sampler.enforce_eager=true",
+def test_a_grid_cell_samples_and_evaluates_with_vllm(env, tmp_path, cache_dir, model_path):
+    """``sampler=vllm`` end to end through ``python -m cms.run`` (isolated engine, the configured default) in
+    the toy world (its WC model, a small student): sampling, grading, fine-tuning, greedy evaluation."""
+    student = [f"family.student.train.{k}={v}" for k, v in (("steps", 20), ("corpus_size", 400))]
+    args = ["model=wc", "setting=kd", "family=toy", f"family.wc.path={model_path}", "family.wc.tiny=null", "family.wc.train=null",
+            *student, "debug=smoke", "sampler=vllm", "sampler.enforce_eager=true",
             "finetune.val_size=0", f"hydra.run.dir={tmp_path / 'cell'}"]
     proc = subprocess.run([sys.executable, "-m", "cms.run", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
