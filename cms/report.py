@@ -198,16 +198,25 @@ def gain_interval(pairs: list[dict[str, dict]], n: int = 2000, seed: int = 0) ->
     return (float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))) if len(g) else (None, None)
 
 
+def _graded(cell: dict) -> list[dict]:
+    """A cell's graded samples (graded.jsonl; none for a cell that did not sample), read once and kept on the cell."""
+    if "_graded" not in cell:
+        path = Path(cell["_dir"]) / "graded.jsonl" if cell.get("_dir") else None
+        cell["_graded"] = data.read_rows(path) if path and path.exists() else []
+    return cell["_graded"]
+
+
 def _per_question(cell: dict) -> Optional[dict[str, tuple]]:
     """A sampled cell's train questions: (covered, unique correct solutions, kept, kept with invalid steps),
-    read once from graded.jsonl and kept.jsonl and kept on the cell; None without graded samples."""
+    from its graded samples and kept.jsonl, kept on the cell; None without graded samples."""
     if "_data" not in cell:
-        d = Path(cell["_dir"]) if cell.get("_dir") else None
-        if d is None or not (d / "graded.jsonl").exists():
+        graded = _graded(cell)
+        if not graded:
             cell["_data"] = None
             return None
+        d = Path(cell["_dir"])
         unique: dict[str, set] = defaultdict(set)
-        for g in data.read_rows(d / "graded.jsonl"):
+        for g in graded:
             unique[g["qid"]].update([g["key"]] if g["correct"] else [])
         kept, invalid = defaultdict(int), defaultdict(int)
         for k in data.read_rows(d / "kept.jsonl") if (d / "kept.jsonl").exists() else []:
@@ -345,8 +354,7 @@ def quality_curves(results: list[dict]) -> list[dict]:
             first.setdefault(_key(r, fields) + (r["model"],), r)
     out = []
     for key, r in _sorted(first):
-        path = Path(r["_dir"]) / "graded.jsonl"
-        rows = data.read_rows(path) if path.exists() else []
+        rows = _graded(r)
         if not rows:
             continue
         per_sample = 2 * r["generator_params"] * statistics.fmean(x["tokens"] for x in rows)
