@@ -158,3 +158,18 @@ def test_compared_cells_that_read_different_data_are_flagged():
     [line] = report.data_mismatches(mixed)
     assert "/s/wc and /s/se" in line and "4500 rows" in line and "hendrycks_math@unpinned, 7500 rows" in line and "test" not in line.split(": ", 1)[1]
     assert "## Warning: compared cells read different data" in report.markdown(mixed)
+
+
+def test_a_crossover_whose_fine_tuning_steps_follow_the_budget_is_one_series(tmp_path):
+    """finetune=toy trains 100 steps per SE sample: the steps differ with the budget, and the budget points
+    still make one crossover series (they were split into one group per step count, so no crossover table)."""
+    cells = []
+    for se_samples, steps in ((1, 100), (3, 300)):
+        for model, acc in (("wc", 0.3), ("se", 0.2)):
+            c = cell(model, "kd", 0, acc, **{"finetune.steps": steps})
+            c.update(se_samples=se_samples, spent_flops=1e9 * se_samples, n_questions=10)
+            cells.append(c)
+    results = sweep(tmp_path, cells)
+    rows = report.crossover_rows(results)
+    assert [(r["se_samples"], r["cfg:finetune.steps"]) for r in rows] == [(1, 100), (3, 300)]
+    assert "## Crossover: accuracy against sampling FLOPs" in report.markdown(results)
