@@ -19,6 +19,7 @@ All functions here are pure: parameter counts come from ``cms.models.count_param
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 MATCHES = ("compute", "number", "price")
@@ -163,9 +164,20 @@ def plan(role: str, params: dict[str, float], *, solution_tokens: int, **budget)
     )
 
 
-def spent(params: float | None, generated_tokens: int, n_samples: int) -> dict[str, float | None]:
-    """What a finished sampling pass actually cost, from its real token counts (no FLOPs for a model of unknown size)."""
-    return {
-        "spent_flops": sample_flops(params, generated_tokens) if params is not None else None,
-        "mean_solution_tokens": generated_tokens / n_samples if n_samples else 0.0,
-    }
+def mix(samples_per_question: dict[str, int], mix_se: float, qids: list[str], seed: int) -> dict[str, dict[str, int]]:
+    """One compute-matched budget split between the generators (``data.source=mix``): a share ``mix_se``
+    of it buys SE samples and the rest WC samples. ``samples_per_question`` is what each role would draw
+    alone at this budget (S_SE, and S_WC = S_SE * ratio), so role r draws round(share_r * Q * S_r)
+    samples in all, spread over the Q questions as evenly as whole samples allow; which questions get
+    the one extra sample is a permutation drawn from (``seed``, role). Returns {role: {qid: samples}}."""
+    if not 0.0 <= mix_se <= 1.0:
+        raise BudgetError(f"data.mix_se={mix_se} is not a share of the budget: use a number from 0 (all WC) to 1 (all SE)")
+    out = {}
+    for role, share in (("se", mix_se), ("wc", 1.0 - mix_se)):
+        total = round_half_up(share * len(qids) * samples_per_question[role])
+        base, extra = divmod(total, len(qids)) if qids else (0, 0)
+        order = list(qids)
+        random.Random(f"{seed}-{role}").shuffle(order)
+        more = set(order[:extra])
+        out[role] = {q: base + (q in more) for q in qids}
+    return out

@@ -52,11 +52,9 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     params = {r: models.params_or_none(family[r]) for r in ("wc", "se")}
     b = c["budget"]
     output_prices = {r: prices.output_price(family[r], c["prices"]) for r in ("wc", "se")}
-    plan = budget.plan(
-        role, params, match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"],
-        prices=output_prices, solution_tokens=ds["assumed_solution_tokens"],
-        max_samples=b["max_samples_per_question"], ratio=b["ratio"], rounding=b["rounding"],
-    )
+    budget_args = dict(match=b["match"], se_samples=b["se_samples"], flops_per_question=b["flops_per_question"], prices=output_prices,
+                       solution_tokens=ds["assumed_solution_tokens"], max_samples=b["max_samples_per_question"], ratio=b["ratio"], rounding=b["rounding"])
+    plan = budget.plan(role, params, **budget_args)
     log.info("budget %s (%s-matched): %s draws %d samples per question (P_WC=%s, P_SE=%s, $/Mtok out WC=%s, SE=%s%s)",
              b["name"], b["match"], generator["name"], plan.samples_per_question, *(f"{v:.3g}" if v else "?" for v in (*params.values(), *output_prices.values())),
              f", WC:SE ratio {plan.ratio_exact:.3f} drawn as {plan.ratio_used:g}" if plan.ratio_exact else "")
@@ -75,37 +73,53 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     fmt = eval_args["prompt_format"]
 
     spent = {"spent_flops": 0.0, "mean_solution_tokens": None}
-    dollars, n_failed = {"spent_usd": 0.0, "provider_usd": None, "usage_tokens": None}, 0
+    dollars, n_failed, mixed = {"spent_usd": 0.0, "provider_usd": None, "usage_tokens": None}, 0, None
     if c["data"]["source"] == "reference":
         kept, quality = filtering.reference(questions)
         source = "reference"
     else:
-        decoding = {"temperature": c["sampler"]["temperature"], "top_p": c["sampler"]["top_p"],
-                    "max_new_tokens": ds["max_new_tokens"], "stop": ds["stop"]}
-        prompts = [fmt.prompt(q, exemplars) for q in questions]
-        rows, _, store = sampling.run(
-            generator=generator, questions=questions, prompts=prompts, n=plan.samples_per_question,
-            sampler=_sampler_for(c["sampler"], generator), decoding=decoding, seed=c["seed"], cache_dir=cache,
-            key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": data.identity(sources["train"]), "prompts": sampling.cache_key(p=prompts)},
-            worker=c["sampler"].get("worker", 0), workers=c["sampler"].get("workers", 1), chats=[fmt.messages(q, exemplars) for q in questions],
-        )
-        dollars = prices.spent(rows, prices.entry(generator, c["prices"]), output_prices[role], bool((generator.get("api") or {}).get("batch")))
-        failed = [r for r in rows if r["finish"] == "failed"]
-        if failed:
-            log.warning("sampling: %d of %d samples failed after every retry (%s); they are neither right nor wrong: left out of "
-                        "grading, kept in the store (rerun=false keeps them; delete %s to draw them again)", len(failed), len(rows),
-                        failed[0].get("error"), store)
-            rows, n_failed = [r for r in rows if r["finish"] != "failed"], len(failed)
+        if c["data"]["source"] == "mix":
+            alone = {r: budget.plan(r, params, **budget_args).samples_per_question for r in ("wc", "se")}
+            counts = budget.mix(alone, c["data"]["mix_se"], [q.id for q in questions], c["seed"])
+            mixed = {r: sum(n.values()) for r, n in counts.items()}
+            log.info("data.source=mix: %.0f%% of the budget to SE: %d SE samples (%s), %d WC samples (%s) over %d questions",
+                     100 * c["data"]["mix_se"], mixed["se"], family["se"]["name"], mixed["wc"], family["wc"]["name"], len(questions))
+        else:
+            counts = {role: {q.id: plan.samples_per_question for q in questions}}
         gold = {q.id: q.answer for q in questions}
-        verdicts = grading.grade_cached(store / "verdicts.json", ds["answer_format"], [(r["text"], gold[r["qid"]]) for r in rows], **c["grading"])
+        pairs, stores, paid = [], [], []
+        for r, per in counts.items():
+            if not any(per.values()):
+                continue
+            drawn, store = _draw(c, ds, family[r], max(per.values()), questions, exemplars, fmt, sources, cache)
+            failed = [x for x in drawn if x["finish"] == "failed"]
+            if failed:
+                log.warning("sampling: %d of %d samples failed after every retry (%s); they are neither right nor wrong: left out of "
+                            "grading, kept in the store (rerun=false keeps them; delete %s to draw them again)", len(failed), len(drawn),
+                            failed[0].get("error"), store)
+            drawn, n_failed = [x for x in drawn if x["finish"] != "failed"], n_failed + len(failed)
+            graded = grading.grade_cached(store / "verdicts.json", ds["answer_format"], [(x["text"], gold[x["qid"]]) for x in drawn], **c["grading"])
+            used = [(x, v) for x, v in zip(drawn, graded) if x["index"] < per[x["qid"]]]  # a mix uses a prefix of each question's samples
+            pairs += [({**x, "generator": r}, v) for x, v in used] if mixed else used
+            paid.append(prices.spent([x for x, _ in used], prices.entry(family[r], c["prices"]), output_prices[r], bool((family[r].get("api") or {}).get("batch"))))
+            if params[r] is None:
+                spent["spent_flops"] = None
+            elif spent["spent_flops"] is not None:
+                spent["spent_flops"] += budget.sample_flops(params[r], sum(x["tokens"] for x, _ in used))
+            stores.append(store)
+        if mixed:  # question order, SE's samples before WC's within a question (keep=one reads them so)
+            order = {q.id: i for i, q in enumerate(questions)}
+            pairs.sort(key=lambda xv: (order[xv[0]["qid"]], xv[0]["generator"] != "se", xv[0]["index"]))
+        rows, verdicts = [x for x, _ in pairs], [v for _, v in pairs]
+        dollars = prices.together(paid)
+        spent["mean_solution_tokens"] = sum(x["tokens"] for x in rows) / len(rows) if rows else 0.0
         check, same = filtering.hooks(ds)
         kept, quality = filtering.run(questions, rows, verdicts, check, c["data"]["keep"], same)
         data.write_rows(run_dir / "graded.jsonl", filtering.graded(questions, rows, verdicts, lambda t: grading.final_answer(ds["answer_format"], t), same))
-        spent = budget.spent(params[role], sum(r["tokens"] for r in rows), len(rows))
-        source = generator["name"]
+        source = "+".join(family[r]["name"] for r in counts if any(counts[r].values()))
         if c["stop_after"] == "sampling":
-            log.info("stop_after=sampling: %d samples drawn and graded in %s; the grid's cells will reuse them", len(rows), store)
-            return {"samples": len(rows), "store": str(store), **quality, **spent}
+            log.info("stop_after=sampling: %d samples drawn and graded in %s; the grid's cells will reuse them", len(rows), ", ".join(map(str, stores)))
+            return {"samples": len(rows), "store": str(stores[0]) if len(stores) == 1 else [str(x) for x in stores], **quality, **spent}
     data.write_rows(run_dir / "kept.jsonl", kept)
     log.info("data from %s: %d kept solutions, coverage %.3f, diversity %.3f", source, len(kept), quality["coverage"], quality["diversity"])
 
@@ -140,18 +154,21 @@ def run_cell(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
                   "Raise the budget, use stronger models, or fine-tune on data.source=reference.", source, quality["n_samples"])
 
     n_q = len(questions)
+    planned = {r: budget.sample_flops(params[r], ds["assumed_solution_tokens"]) * n if params[r] is not None else None for r, n in (mixed or {}).items()}
     results = {
-        "model": role, "setting": c["setting"]["name"], "dataset": ds["name"], "budget": b["name"],
+        "model": "mix" if mixed else role, "setting": c["setting"]["name"], "dataset": ds["name"], "budget": b["name"],
         "family": family["name"], "source": c["data"]["source"], "seed": c["seed"],
-        "generator": generator["name"], "finetuned": learner_card["name"],
-        "generator_params": params[role], "finetuned_params": models.count_params(learner_card),
+        "generator": source if mixed else generator["name"], "finetuned": learner_card["name"],
+        "generator_params": None if mixed else params[role], "finetuned_params": models.count_params(learner_card),
         "match": b["match"], "se_samples": b["se_samples"], "ratio": b["ratio"], "keep": c["data"]["keep"],
         "rounding": b["rounding"], "ratio_exact": plan.ratio_exact, "ratio_used": plan.ratio_used,
         "lr": c["finetune"]["lr"], "train_limit": ds["train_limit"], "data": sources,
-        "samples_per_question": plan.samples_per_question,
-        "planned_flops": plan.planned_flops_per_question * n_q if plan.planned_flops_per_question is not None else None,
+        "samples_per_question": sum(mixed.values()) / n_q if mixed else plan.samples_per_question,
+        "mix_se": c["data"]["mix_se"] if mixed else None, "mix_samples": mixed,
+        "planned_flops": (None if None in planned.values() else sum(planned.values())) if mixed
+        else plan.planned_flops_per_question * n_q if plan.planned_flops_per_question is not None else None,
         "spent_flops": spent["spent_flops"], "mean_solution_tokens": spent["mean_solution_tokens"],
-        "planned_usd": prices.planned(output_prices[role], plan.samples_per_question * n_q, ds["assumed_solution_tokens"])
+        "planned_usd": None if mixed else prices.planned(output_prices[role], plan.samples_per_question * n_q, ds["assumed_solution_tokens"])
         if output_prices[role] is not None else None,
         "spent_usd": dollars["spent_usd"], "provider_usd": dollars["provider_usd"], "usage_tokens": dollars["usage_tokens"],
         "prices": c["prices"].get("version"), "n_failed_samples": n_failed,
@@ -207,6 +224,19 @@ def _claim(run_dir: Path, c: dict) -> dict:
     texts = {p.name: p.read_text() for p in sorted(hydra.glob("*.yaml"))} if hydra.is_dir() else {}
     data.write_json(record, {"fingerprint": fingerprint, "hydra": texts})
     return fingerprint
+
+
+def _draw(c: dict, ds: dict, card: dict, n: int, questions: list, exemplars: list, fmt, sources: dict, cache: Path) -> tuple[list[dict], Path]:
+    """``n`` samples per question from ``card``'s model at the run's decoding, from the shared store or drawn."""
+    decoding = {"temperature": c["sampler"]["temperature"], "top_p": c["sampler"]["top_p"], "max_new_tokens": ds["max_new_tokens"], "stop": ds["stop"]}
+    prompts = [fmt.prompt(q, exemplars) for q in questions]
+    rows, _, store = sampling.run(
+        generator=card, questions=questions, prompts=prompts, n=n, sampler=_sampler_for(c["sampler"], card), decoding=decoding,
+        seed=c["seed"], cache_dir=cache, worker=c["sampler"].get("worker", 0), workers=c["sampler"].get("workers", 1),
+        key_parts={"dataset": ds["name"], "split": ds["train_split"], "data": data.identity(sources["train"]), "prompts": sampling.cache_key(p=prompts)},
+        chats=[fmt.messages(q, exemplars) for q in questions],
+    )
+    return rows, store
 
 
 def _sampler_for(sampler: dict, card: dict) -> dict:

@@ -101,7 +101,8 @@ class DatasetConf:
 
 @dataclass
 class DataConf:
-    source: str = "sampled"  # sampled | reference (the datasets' human-written solutions)
+    source: str = "sampled"  # sampled | reference (the datasets' human-written solutions) | mix (both generators, one budget)
+    mix_se: float = 0.2  # data.source=mix: the share of the compute-matched budget spent on SE samples, the rest on WC's
     keep: str = "all"  # all: every correct solution | one: the first correct solution per question (no diversity)
 
 
@@ -218,7 +219,7 @@ class RunConf:
 CHOICES = {
     "model.role": ("wc", "se"),
     "setting.learner": ("student", "wc", "se"),
-    "data.source": ("sampled", "reference"),
+    "data.source": ("sampled", "reference", "mix"),
     "data.keep": ("all", "one"),
     "judge.role": (None, "wc", "se", "student"),
     "stop_after": (None, "sampling"),
@@ -250,6 +251,8 @@ def cell_fingerprint(c: dict) -> dict:
     from cms import prices
 
     out = {k: v for k, v in flatten(c).items() if not any(k == u or k.startswith(u + ".") for u in UNFINGERPRINTED)}
+    if (c.get("data") or {}).get("source") != "mix":
+        out.pop("data.mix_se", None)  # read by mixed data alone: a cell of another source (or of a cms before it) is the same without it
     if (c.get("budget") or {}).get("match") == "price":
         out.update({f"prices.{r}.output": prices.output_price(c["family"][r], c.get("prices") or {}) for r in ("wc", "se")})
     return out

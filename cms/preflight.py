@@ -56,10 +56,10 @@ def _api_problem(key: str, card: dict) -> str | None:
 def problems(c: dict) -> list[str]:
     """Everything one cell's resolved config (a plain dict) needs and does not have."""
     out, family, ds = [], c["family"], c["dataset"]
-    roles = {c["setting"]["learner"]} | ({c["model"]["role"]} if c["data"]["source"] == "sampled" else set())
+    generators = {"sampled": {c["model"]["role"]}, "mix": {"wc", "se"}}.get(c["data"]["source"], set())
+    roles = {c["setting"]["learner"]} | generators
     if c["judge"]["role"]:
         roles.add(c["judge"]["role"])
-    generators = {c["model"]["role"]} if c["data"]["source"] == "sampled" else set()
     hosted = sampling.hosted(c["sampler"])
     b = c["budget"]
     if generators:

@@ -54,3 +54,13 @@ def spent(rows: list[dict], row: dict | None, output_price: float | None, batch:
     else:
         ours = sum(r["tokens"] for r in rows) * output_price / PER if output_price is not None else None
     return {"spent_usd": ours, "provider_usd": sum(provider) if provider else None, "usage_tokens": totals if usages else None}
+
+
+def together(paid: list[dict]) -> dict:
+    """What several passes (``spent``'s answers; a mix of generators) cost together: no total where a pass has no price."""
+    if len(paid) == 1:
+        return paid[0]
+    usd, provider = [p["spent_usd"] for p in paid], [p["provider_usd"] for p in paid if p["provider_usd"] is not None]
+    usages = [p["usage_tokens"] for p in paid if p["usage_tokens"]]
+    return {"spent_usd": None if None in usd else sum(usd), "provider_usd": sum(provider) if provider else None,
+            "usage_tokens": {k: sum(u.get(k) or 0 for u in usages) for k in usages[0]} if usages else None}

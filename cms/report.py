@@ -45,7 +45,7 @@ ALWAYS = ("dataset", "budget")
 BUDGET_POINT = ("budget", "match", "se_samples", "ratio")
 # the config keys GROUP's fields stand for, and the ones that are the report's own axes
 COVERED = {"dataset.name", "family.name", "data.source", "budget.name", "budget.match", "budget.se_samples", "budget.ratio",
-           "data.keep", "finetune.lr", "dataset.train_limit"}
+           "data.keep", "finetune.lr", "dataset.train_limit", "data.mix_se"}
 AXES = ("model.", "setting.", "seed")
 DATA_METRICS = ("samples_per_question", "sample_accuracy", "coverage", "diversity", "multi_solution", "fpr", "fpr_judge", "fpr_human",
                 "planned_flops", "spent_flops", "planned_usd", "spent_usd", "provider_usd")
@@ -99,8 +99,11 @@ def _sorted(groups: dict) -> list:
 
 
 def varying(results: list[dict]) -> list[str]:
-    """The group fields a table shows: dataset and budget, and any other that differs between cells."""
-    return [k for k in group_fields(results) if k in ALWAYS or len({json.dumps(r.get(k), default=str) for r in results}) > 1]
+    """The group fields a table shows: dataset and budget, and any other that differs between cells; a
+    model card's settings (``cfg:family.student.tiny.hidden_size``) are left to its name where that shows."""
+    shown = [k for k in group_fields(results) if k in ALWAYS or len({json.dumps(r.get(k), default=str) for r in results}) > 1]
+    named = {k.removesuffix(".name") for k in shown if k.startswith("cfg:family.") and k.endswith(".name")}
+    return [k for k in shown if not any(k.startswith(card + ".") and k != card + ".name" for card in named)]
 
 
 def _aggregate(results: list[dict], fields: tuple, metrics) -> list[dict]:
@@ -120,13 +123,15 @@ def _aggregate(results: list[dict], fields: tuple, metrics) -> list[dict]:
 
 def data_rows(results: list[dict]) -> list[dict]:
     """One row per (group, generator): the data it produced, across seeds (one cell per seed suffices)."""
-    return _aggregate([r for r in results if r.get("source") == "sampled"], group_fields(results) + ("model", "generator"), DATA_METRICS)
+    return _aggregate([r for r in results if r.get("source") in ("sampled", "mix")], group_fields(results) + ("model", "generator", "mix_se"), DATA_METRICS)
 
 
 def _pairs(results: list[dict], fields: tuple) -> list[tuple[dict, list[dict[str, dict]]]]:
-    """Cells grouped by ``fields``, then per seed a {"wc": cell, "se": cell} pair."""
+    """Cells grouped by ``fields``, then per seed a {"wc": cell, "se": cell} pair (mixed-data cells are ``mix_rows``')."""
     cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
     for r in results:
+        if r.get("source") == "mix":
+            continue
         cells[_key(r, fields)][r["seed"]][r["model"]] = r
     return [(dict(zip(fields, key)), list(by_seed.values())) for key, by_seed in _sorted(cells)]
 
@@ -139,7 +144,7 @@ def accuracy_rows(results: list[dict]) -> list[dict]:
     rows = []
     for head, pairs in _pairs(results, group_fields(results) + ("setting",)):
         any_cell = next(iter(pairs[0].values()))
-        row = {**head, "learner": any_cell.get("finetuned"), "n_test": any_cell.get("n_test")}
+        row = {**head, "learner": any_cell.get("finetuned"), "n_test": any_cell.get("n_test"), "ratio_used": any_cell.get("ratio_used")}
         both = [p for p in pairs if p.get("wc", {}).get("accuracy") is not None and p.get("se", {}).get("accuracy") is not None]
         series = {
             "baseline_accuracy": [next(iter(p.values())).get("baseline_accuracy") for p in pairs],
@@ -298,6 +303,44 @@ def fpr_rows(results: list[dict]) -> list[dict]:
         if row["measured"]:
             rows.append(row)
     return rows
+
+
+def mix_rows(results: list[dict]) -> list[dict]:
+    """``data.source=mix`` cells: pass@1 per share of the budget spent on SE samples (``mix_se``), and its
+    relative gain over the all-SE (mix_se=1) and all-WC (mix_se=0) data of the same sweep, over the seeds
+    both have, with the paired bootstrap 95% interval over those seeds and the test questions."""
+    mixes = [r for r in results if r.get("source") == "mix"]
+    fields = group_fields(mixes) + ("setting", "finetuned")
+    groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for r in mixes:
+        groups[_key(r, fields)][r["mix_se"]][r["seed"]] = r
+    rows = []
+    for key, by_share in _sorted(groups):
+        for share, cells in sorted(by_share.items()):
+            row = {**dict(zip(fields, key)), "mix_se": share, "seeds": len(cells), "n_test": next(iter(cells.values())).get("n_test")}
+            row["accuracy"], row["accuracy_std"], _ = spread([c.get("accuracy") for c in cells.values()])
+            for end, name in ((1.0, "se"), (0.0, "wc")):
+                ends = by_share.get(end, {}) if share != end else {}
+                both = [{"wc": cells[s], "se": ends[s]} for s in sorted(cells) if s in ends
+                        and cells[s].get("accuracy") is not None and ends[s].get("accuracy") is not None]
+                row[f"vs_{name}"] = gain(*(statistics.fmean(p[side]["accuracy"] for p in both) for side in ("wc", "se"))) if both else None
+                row[f"vs_{name}_ci95_low"], row[f"vs_{name}_ci95_high"] = gain_interval(both)
+            rows.append(row)
+    return rows
+
+
+def phase_rows(results: list[dict]) -> list[dict]:
+    """The phase map (sweeps/phase.yaml): each setting's relative gain of WC over SE data with its paired
+    interval at each SE:WC size ratio (one per family) and budget (SE samples per question), and who wins:
+    WC or SE where the interval excludes 0, else neither can be told apart. Empty unless the sweep holds
+    at least two size ratios and two budgets. The size ratio is the one drawn: S_WC / S_SE (``ratio_used``)."""
+    rows = [{**r, "size_ratio": r["ratio_used"]} for r in accuracy_rows(results)]
+    if len({r["size_ratio"] for r in rows}) < 2 or len({r.get("se_samples") for r in rows}) < 2:
+        return []
+    for r in rows:
+        low, high = r["gain_ci95_low"], r["gain_ci95_high"]
+        r["winner"] = "n/a" if low is None else "WC" if low > 0 else "SE" if high < 0 else "cannot tell"
+    return sorted(rows, key=lambda r: (r["setting"], r["size_ratio"] or 0, r.get("se_samples") or 0))
 
 
 def crossover_rows(results: list[dict]) -> list[dict]:
@@ -463,7 +506,7 @@ def _source(r: dict, split: str) -> str:
 
 def duplicates(results: list[dict]) -> list[list[str]]:
     """Cells that agree on every setting, seed and generator included: only the first of each is used."""
-    seen, fields = defaultdict(list), group_fields(results) + ("setting", "seed", "model")
+    seen, fields = defaultdict(list), group_fields(results) + ("setting", "seed", "model", "mix_se")
     for r in results:
         seen[_key(r, fields)].append(r["_dir"])
     return [dirs for dirs in seen.values() if len(dirs) > 1]
@@ -472,6 +515,12 @@ def duplicates(results: list[dict]) -> list[list[str]]:
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     header = [h.removeprefix("cfg:") for h in header]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, line)) + " |" for line in lines] + [""]
+
+
+def _generator(row: dict) -> str:
+    """Who drew the data: ``WC (toy-wc)``, or for mixed data ``MIX 0.2 SE (toy-se+toy-wc)``."""
+    share = "" if row.get("mix_se") is None else f" {row['mix_se']:g} SE"
+    return f"{row['model'].upper()}{share} ({row['generator']})"
 
 
 def _head(row: dict, shown: list[str]) -> list[str]:
@@ -489,7 +538,7 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
                                      ("spent $", "spent_usd"), ("provider's $", "provider_usd")) if any(r.get(k) is not None for r in drows)]
         out["The data"] = (shown + ["generator", "samples/question", "per-sample accuracy", "coverage", "diversity", "2+ solutions", "FPR (exact)", "FPR (judge)", "FPR (people)"]
                            + [h for h, _ in costs],
-                           [_head(r, shown) + [f"{r['model'].upper()} ({r['generator']})", _cell(r, "samples_per_question"), _cell(r, "sample_accuracy", True),
+                           [_head(r, shown) + [_generator(r), _cell(r, "samples_per_question"), _cell(r, "sample_accuracy", True),
                                                _cell(r, "coverage", True), _cell(r, "diversity"), _cell(r, "multi_solution", True), _cell(r, "fpr", True), _cell(r, "fpr_judge", True),
                                                _cell(r, "fpr_human", True)] + [_provider(r) if k == "provider_usd" else _money(r, k) if k.endswith("usd") else _cell(r, k) for _, k in costs]
                             for r in drows])
@@ -506,11 +555,13 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
             shown + ["level", "SE@k", "WC@k", "coverage SE", "coverage WC", "diversity SE", "diversity WC"],
             [_head(r, shown) + [r["level"], r["k_se"], r["k_wc"], f"{100 * r['coverage_se']:.1f}%", f"{100 * r['coverage_wc']:.1f}%",
                                 f"{r['diversity_se']:.3g}", f"{r['diversity_wc']:.3g}"] for r in matched])
-    out["pass@1 after fine-tuning"] = (
-        shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain", "95% CI (paired bootstrap)", "seeds"],
-        [_head(r, shown) + [r["setting"], r["learner"], _cell(r, "baseline_accuracy", True), _cell(r, "acc_wc_data", True),
-                            _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True), _interval(r), r["seeds"]]
-         for r in accuracy_rows(results)])
+    arows = accuracy_rows(results)
+    if arows:
+        out["pass@1 after fine-tuning"] = (
+            shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain", "95% CI (paired bootstrap)", "seeds"],
+            [_head(r, shown) + [r["setting"], r["learner"], _cell(r, "baseline_accuracy", True), _cell(r, "acc_wc_data", True),
+                                _cell(r, "acc_se_data", True), _cell(r, "relative_gain", True, signed=True), _interval(r), r["seeds"]]
+             for r in arows])
     metrics = protocol_metrics(results)
     if metrics:
         rows = per_model_rows(results, ["accuracy", "pass1_ci95"] + metrics)
@@ -528,6 +579,19 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
             shown + ["setting"] + [f"{label[h]}: {w}" for h in hows for w in ("WC data", "SE data", "WC - SE (points)")],
             [_head(r, shown) + [r["setting"]] + [x for h in hows for x in (_cell(r, f"{h}_wc", True), _cell(r, f"{h}_se", True), _cell(r, f"{h}_diff", points=True))]
              for r in frows])
+    prows = phase_rows(results)
+    if prows:
+        out["Where WC data wins: size ratio x budget"] = (
+            ["dataset", "setting", "fine-tuned", "SE:WC size ratio", "SE samples", "relative gain", "95% CI (paired bootstrap)", "winner", "seeds"],
+            [[r["dataset"], r["setting"], r["learner"], f"{r['size_ratio']:g}", r["se_samples"], _cell(r, "relative_gain", True, signed=True),
+              _interval(r), r["winner"], r["seeds"]] for r in prows])
+    mrows = mix_rows(results)
+    if mrows:
+        rest = [k for k in shown if k != "source"]
+        out["Mixed data: a share of the budget to SE samples"] = (
+            rest + ["setting", "fine-tuned", "SE share", "pass@1", "vs all-SE data", "95% CI", "vs all-WC data", "95% CI", "seeds"],
+            [_head(r, rest) + [r["setting"], r["finetuned"], f"{r['mix_se']:g}", _cell(r, "accuracy", True), _cell(r, "vs_se", True, signed=True),
+                               _interval(r, "vs_se"), _cell(r, "vs_wc", True, signed=True), _interval(r, "vs_wc"), r["seeds"]] for r in mrows])
     xrows = crossover_rows(results)
     if xrows:
         rest = [k for k in shown if k not in BUDGET_POINT]
@@ -552,7 +616,12 @@ def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: 
             out += crossover_text(crossover_rows(results)) + [""]
         if title.startswith("pass@1"):
             rows = accuracy_rows(results)
-            out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in rows if r["unpaired"]] + _undecided(rows, varying(results)) + [""]
+            out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in rows if r["unpaired"]] + _undecided(rows, varying(results))
+            if rows and max(r["seeds"] for r in rows) == 1:
+                out.append("- one seed: these intervals resample the test questions only, not the seed-to-seed spread of sampling "
+                           "and fine-tuning, so they are too narrow to settle the question; over several seeds (seed=0,1,...) "
+                           "they cover both")
+            out.append("")
     mismatched = data_mismatches(results)
     if mismatched:
         out += ["## Warning: compared cells read different data\n",
@@ -673,6 +742,34 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
             ax.legend(fontsize=8)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
         save(fig, "crossover.png", "pass@1 after fine-tuning against the sampling FLOPs per question of the data; one point per budget.")
+    prows = phase_rows(results)
+    if prows:
+        settings = sorted({r["setting"] for r in prows})
+        ratios, budgets = sorted({r["size_ratio"] for r in prows}), sorted({r["se_samples"] for r in prows})
+        fig, axes = plt.subplots(1, len(settings), figsize=(max(6.5, 3.2 * len(settings) + 1.5), 0.9 * len(ratios) + 3.0), squeeze=False)
+        bound = max([abs(100 * r["relative_gain"]) for r in prows if r["relative_gain"] is not None] + [1.0])
+        for ax, setting in zip(axes[0], settings):
+            grid = [[next((r for r in prows if r["setting"] == setting and r["size_ratio"] == q and r["se_samples"] == b), None)
+                     for b in budgets] for q in ratios]
+            values = [[100 * c["relative_gain"] if c and c["relative_gain"] is not None else float("nan") for c in line] for line in grid]
+            image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, origin="lower", aspect="auto")  # blue: WC data wins
+            for i, line in enumerate(grid):
+                for j, c in enumerate(line):
+                    if c and c["relative_gain"] is not None:
+                        half = "" if c["gain_ci95_low"] is None else f"\n± {50 * (c['gain_ci95_high'] - c['gain_ci95_low']):.1f}"
+                        ax.text(j, i, f"{100 * c['relative_gain']:+.1f}%{half}\n{c['winner']}", ha="center", va="center", fontsize=7,
+                                fontweight="bold" if c["winner"] in ("WC", "SE") else "normal",
+                                color="white" if abs(values[i][j]) > 0.55 * bound else "black")
+            ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
+            ax.set_yticks(range(len(ratios)), [f"{q:g}x" for q in ratios])
+            ax.set_xlabel("SE samples per question (budget)", fontsize=8)
+            ax.set_title(f"{setting}: fine-tunes {grid[0][0]['learner'] if grid[0][0] else ''}", fontsize=9)
+        axes[0][0].set_ylabel("SE:WC size ratio")
+        fig.subplots_adjust(left=0.1, right=0.82, bottom=0.22, top=0.84, wspace=0.3)
+        fig.colorbar(image, cax=fig.add_axes((0.85, 0.22, 0.02, 0.62)), label="relative gain of WC data (%)")
+        fig.suptitle("Where WC data wins: (WC - SE) / SE by size ratio and budget", fontsize=10)
+        save(fig, "phase.png", "Each cell: the relative gain over the seeds with its paired bootstrap 95% half-width; WC or SE where the "
+             "interval excludes 0 (bold), 'cannot tell' where it includes 0. Blue: WC data wins, red: SE data wins.")
     return written
 
 

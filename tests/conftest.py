@@ -57,8 +57,15 @@ def env(cache_dir, tmp_path, monkeypatch):
     return {**os.environ, "CMS_CACHE_DIR": str(cache_dir), "CMS_OUTPUT_DIR": str(tmp_path / "outputs")}
 
 
-@pytest.fixture(scope="session")
-def tiny_family():
+def composed_family(name: str, *overrides: str) -> dict:
+    """A family group as a run composes it (its student comes from the family/student group)."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "family" / "tiny.yaml"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="config", overrides=[f"family={name}", *overrides]).family, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_family():
+    return composed_family("tiny")

@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cms import arith, filtering, grading
+from conftest import composed_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,10 +22,11 @@ def test_generation_is_deterministic_per_seed_and_split():
 def test_the_pretraining_corpus_holds_no_sampled_validation_or_test_question():
     """The toy models' corpus (the family's corpus size) against the dataset group's train split (its
     questions, validation and exemplars) and test split, at this and another seed."""
-    family = OmegaConf.load(ROOT / "conf/family/toy.yaml")
+    cards = [composed_family(f, f"family/student={s}") for f in ("toy", "toy9", "toy27") for s in ("toy_small", "toy_large")]
     gen = OmegaConf.load(ROOT / "conf/dataset/arith.yaml").generator
-    corpus = {r.question for r in arith.load("pretrain", {"pretrain": max(family[r].train.corpus_size for r in ("wc", "se", "student"))})}
-    assert len(corpus) == family.se.train.corpus_size
+    size = max(c[r]["train"]["corpus_size"] for c in cards for r in ("wc", "se", "student"))
+    corpus = {r.question for r in arith.load("pretrain", {"pretrain": size})}
+    assert len(corpus) == size
     for seed in (gen.seed, gen.seed + 1):
         used = {r.question for split in ("train", "test") for r in arith.load(split, dict(gen.sizes), seed)}
         assert len(used) == sum(gen.sizes.values()) and not corpus & used
@@ -114,11 +116,11 @@ def test_the_checker_says_what_is_first_wrong(solution, why):
      "a step that is no equation"),
 ])
 def test_the_distilled_students_false_positives_are_real_errors(question, solution, why):
-    """The kd student's test FPR of about 50% (README, "False positives of the fine-tuned models") is the
-    student's reasoning, not the checker: these are its right-answer outputs from a fresh default run
-    (0_wc_kd, 3_se_kd), and each has a step that is plainly wrong; 50 of the 63 false positives of 0_wc_kd
-    were wrong arithmetic. A 49k-parameter model learns which answers a story tends to have before it
-    learns to add."""
+    """The smallest kd student's (family/student=toy_small) test FPR of about 50% is the student's reasoning,
+    not the checker: these are its right-answer outputs from a fresh default run when it was the default
+    student (0_wc_kd, 3_se_kd), and each has a step that is plainly wrong; 50 of the 63 false positives of
+    0_wc_kd were wrong arithmetic. A 49k-parameter model learns which answers a story tends to have before
+    it learns to add."""
     assert arith.why_invalid(question, solution) == why
 
 

@@ -50,11 +50,9 @@ def test_absurd_budget_is_refused():
         budget.samples_per_question("wc", PARAMS, se_samples=10_000, max_samples=1000)
 
 
-def test_plan_and_spent():
+def test_plan():
     p = budget.plan("wc", PARAMS, solution_tokens=200, se_samples=1)
     assert p.samples_per_question == 3 and p.planned_flops_per_question == 3 * 2 * 9.24e9 * 200
-    s = budget.spent(1e6, generated_tokens=500, n_samples=10)
-    assert s == {"spent_flops": 1e9, "mean_solution_tokens": 50.0}
 
 
 def test_gemma2_trio_counted_offline():
@@ -92,3 +90,21 @@ def test_the_paper_rounds_the_ratio_first_and_halves_round_up():
     assert budget.samples_per_question("wc", PARAMS, se_samples=3, ratio=2.5) == 9  # 3 x 3
     with pytest.raises(budget.BudgetError, match="budget.rounding"):
         budget.samples_per_question("wc", PARAMS, rounding="floor")
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.5, 1.0])
+def test_a_mixed_budget_spends_each_share_on_its_generator(share):
+    """data.source=mix: SE gets share * Q * S_SE samples and WC the rest of the FLOPs, as evenly as whole samples go."""
+    qids = [f"q{i}" for i in range(10)]
+    counts = budget.mix({"se": 1, "wc": 3}, share, qids, seed=0)
+    assert sum(counts["se"].values()) == budget.round_half_up(share * 10) and sum(counts["wc"].values()) == budget.round_half_up((1 - share) * 30)
+    for per in counts.values():
+        assert set(per) == set(qids) and max(per.values()) - min(per.values()) <= 1
+    flops = sum(counts["se"].values()) * 3 + sum(counts["wc"].values())  # SE costs 3 WC samples
+    assert abs(flops - 30) <= 1
+    assert budget.mix({"se": 1, "wc": 3}, share, qids, seed=1) != counts or share in (0.0, 1.0)  # which questions get the extra one is seeded
+
+
+def test_a_mixed_share_outside_0_to_1_names_the_range():
+    with pytest.raises(budget.BudgetError, match="from 0 .all WC. to 1 .all SE."):
+        budget.mix({"se": 1, "wc": 3}, 1.5, ["q0"], seed=0)

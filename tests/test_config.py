@@ -113,7 +113,7 @@ def test_paper_finetune_takes_its_steps_from_the_budget_and_strategies_build():
         cfg = compose_with(["finetune=paper", f"budget={budget}"])
         assert cfg.finetune.steps == steps and cfg.finetune.checkpoints == 10 and cfg.finetune.val_size == 500
     assert compose_with(["finetune=paper", "budget=high", "finetune.steps=100"]).finetune.steps == 100
-    tiny = OmegaConf.to_container(OmegaConf.load(CONF / "family" / "tiny.yaml"))["student"]
+    tiny = OmegaConf.to_container(OmegaConf.load(CONF / "family" / "student" / "tiny.yaml"))
     model = models.load_model(str(models.build_tiny(tiny, Path(__import__("tempfile").mkdtemp()) / "m")), device="cpu")
     fsdp = compose_with(["finetune=paper", "finetune/strategy=fsdp"]).finetune.strategy
     assert fsdp.devices == 8 and fsdp.activation_checkpointing
@@ -153,3 +153,34 @@ def test_every_schema_key_is_read_somewhere():
             if not re.search(r"(?<![\w])" + re.escape(f.name) + r"(?![\w])", text):
                 unread.append(f"{cls.__name__}.{f.name}")
     assert not unread, unread
+
+
+def test_the_toy_families_span_size_ratios_3_9_27_with_the_same_se_and_student():
+    from cms import budget, models
+
+    cards = {}
+    for family in ("toy", "toy9", "toy27"):
+        c = OmegaConf.to_container(compose_with([f"family={family}"]), resolve=True)["family"]
+        cards[family] = c
+        params = {r: models.count_params(c[r]) for r in ("wc", "se")}
+        assert budget.samples_per_question("wc", params) == {"toy": 3, "toy9": 9, "toy27": 27}[family]
+        assert c["wc"]["train"] == cards["toy"]["wc"]["train"]  # the same recipe
+    assert cards["toy9"]["se"] == cards["toy27"]["se"] == cards["toy"]["se"] and cards["toy27"]["student"] == cards["toy"]["student"]
+    assert len({cards[f]["wc"]["name"] for f in cards}) == 3  # three WC models, cached apart
+
+
+def test_the_student_group_swaps_the_toy_student():
+    from cms import models
+
+    small, large = (OmegaConf.to_container(compose_with(o), resolve=True)["family"]["student"] for o in (["family/student=toy_small"], []))
+    assert (small["name"], large["name"]) == ("toy-student", "toy-student-large")
+    assert models.count_params(small) < models.count_params(large) < models.count_params(
+        OmegaConf.to_container(compose_with([]), resolve=True)["family"]["wc"])
+
+
+def test_the_mix_share_is_a_setting_of_mixed_cells_only():
+    """A cell of another source computes the same whatever data.mix_se says, and cells written before the
+    key existed stay reusable: it is in the fingerprint only with data.source=mix."""
+    plain = config.cell_fingerprint(OmegaConf.to_container(compose_with(["data.mix_se=0.5"]), resolve=True))
+    mixed = config.cell_fingerprint(OmegaConf.to_container(compose_with(["data.source=mix", "data.mix_se=0.5"]), resolve=True))
+    assert "data.mix_se" not in plain and mixed["data.mix_se"] == 0.5

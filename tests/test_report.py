@@ -173,3 +173,40 @@ def test_a_crossover_whose_fine_tuning_steps_follow_the_budget_is_one_series(tmp
     rows = report.crossover_rows(results)
     assert [(r["se_samples"], r["cfg:finetune.steps"]) for r in rows] == [(1, 100), (3, 300)]
     assert "## Crossover: accuracy against sampling FLOPs" in report.markdown(results)
+
+
+def test_the_phase_map_says_who_wins_at_each_size_ratio_and_budget(tmp_path):
+    """Two size ratios x two budgets, 3 seeds on 200 questions each: the table and the heatmap name WC where its
+    paired interval is above 0, SE where below, and 'cannot tell' where it includes 0."""
+    rng = random.Random(0)
+    p_wc = {("toy", 1): 0.7, ("toy", 3): 0.5, ("toy9", 1): 0.5, ("toy9", 3): 0.3}  # SE data: 0.5 everywhere
+    cells, correct = [], []
+    for (family, se_samples), p in p_wc.items():
+        for seed in range(3):
+            for model, acc in (("wc", p), ("se", 0.5)):
+                c = cell(model, "kd", seed, acc, **{"budget.se_samples": se_samples})
+                c.update(family=family, se_samples=se_samples, ratio_used=3.0 if family == "toy" else 9.0)
+                cells.append(c)
+                correct.append([rng.random() < acc for _ in range(200)])
+    results = sweep(tmp_path, cells, correct)
+    rows = {(r["size_ratio"], r["se_samples"]): r for r in report.phase_rows(results)}
+    assert {k: r["winner"] for k, r in rows.items()} == {(3.0, 1): "WC", (3.0, 3): "cannot tell", (9.0, 1): "cannot tell", (9.0, 3): "SE"}
+    assert "## Where WC data wins: size ratio x budget" in report.markdown(results)
+    pngs = [p.name for p, _ in report.figures(results, [], tmp_path / "figures")]
+    assert "phase.png" in pngs
+    assert report.phase_rows([c for c in results if c["family"] == "toy"]) == []  # one size ratio: no map
+
+
+def test_one_seed_says_its_intervals_leave_out_the_seed_to_seed_spread():
+    one = [cell("wc", "kd", 0, 0.30), cell("se", "kd", 0, 0.20)]
+    assert "- one seed: these intervals resample the test questions only" in report.markdown(one)
+    two = one + [cell("wc", "kd", 1, 0.30), cell("se", "kd", 1, 0.20)]
+    assert "- one seed:" not in report.markdown(two)
+
+
+def test_a_varying_model_card_is_shown_by_its_name_alone():
+    cells = [cell(m, "kd", 0, 0.3, **{"family.student.name": name, "family.student.tiny.hidden_size": width})
+             for m in ("wc", "se") for name, width in (("small", 32), ("large", 64))]
+    results = [{**c, **{f"cfg:{k}": v for k, v in c["fingerprint"].items() if k.startswith("family.")}} for c in cells]
+    assert report.varying(results) == ["dataset", "budget", "cfg:family.student.name"]
+    assert len(report.accuracy_rows(results)) == 2  # the card's other settings still tell the rows apart

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cms import cell
+from cms import budget, cell, data
 from conftest import DATA, ROOT
 
 KEYS = ["model", "setting", "dataset", "budget", "generator", "finetuned", "generator_params", "finetuned_params",
@@ -251,3 +251,36 @@ def test_the_baseline_cache_key_holds_what_the_evaluation_depends_on(tiny_family
     shutil.rmtree(model)
     models.build_tiny(tiny_family["student"], model, seed=1)  # retrained at the same path
     assert key() != base
+
+
+def test_mixed_data_draws_each_share_from_the_generators_stores(env, tmp_path, caplog):
+    """data.source=mix takes a prefix of each generator's stored samples: at mix_se=0 it is WC's data and at 1
+    SE's, sample for sample; in between SE's share of the FLOPs buys SE samples and the rest WC's, and the
+    report gives each share's gain over all-SE and all-WC data."""
+    from cms import report
+
+    common = ("setting=kd", "debug=smoke", "logger=none", "finetune.steps=2", "evaluation.baseline=false")
+    wc = cell.run_cell(compose_cell("model=wc", *common), tmp_path / "wc")
+    se = cell.run_cell(compose_cell("model=se", *common), tmp_path / "se")
+    kept = lambda d: sorted((k["qid"], k["solution"]) for k in data.read_rows(d / "kept.jsonl"))  # noqa: E731
+    mixes = {}
+    for share in (0.0, 0.5, 1.0):
+        caplog.clear()
+        mixes[share] = cell.run_cell(compose_cell("data.source=mix", f"data.mix_se={share}", *common), tmp_path / f"mix{share}")
+        assert "sampling pass" not in caplog.text  # every sample comes from the stores the wc and se cells filled
+    assert kept(tmp_path / "mix0.0") == kept(tmp_path / "wc") and kept(tmp_path / "mix1.0") == kept(tmp_path / "se")
+    assert mixes[0.0]["mix_samples"] == {"se": 0, "wc": 8 * wc["samples_per_question"]} and mixes[1.0]["mix_samples"] == {"se": 8, "wc": 0}
+    half = mixes[0.5]
+    assert half["model"] == "mix" and half["generator"] == "tiny-se+tiny-wc" and half["n_samples"] == 4 + 4 * wc["samples_per_question"]
+    assert half["mix_samples"] == {"se": 4, "wc": 4 * wc["samples_per_question"]}
+    graded = {r: data.read_rows(tmp_path / r / "graded.jsonl") for r in ("wc", "se")}
+    counts = budget.mix({"se": 1, "wc": wc["samples_per_question"]}, 0.5, list(dict.fromkeys(g["qid"] for g in graded["se"])), seed=0)
+    used = {r: sum(g["tokens"] for g in graded[r] if g["index"] < counts[r][g["qid"]]) for r in graded}
+    assert half["spent_flops"] == pytest.approx(sum(budget.sample_flops(x["generator_params"], used[x["model"]]) for x in (wc, se)))
+    results = report.load_results(tmp_path)
+    rows = report.mix_rows(results)
+    assert [r["mix_se"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[2]["vs_se"] is None and rows[0]["vs_wc"] is None and rows[1]["vs_se"] == report.gain(half["accuracy"], mixes[1.0]["accuracy"])
+    text = report.markdown(results)
+    assert "## Mixed data: a share of the budget to SE samples" in text and "MIX 0.5 SE (tiny-se+tiny-wc)" in text
+    assert [r["setting"] for r in report.accuracy_rows(results)] == ["kd"]  # the wc/se pair alone; mixed cells are not paired

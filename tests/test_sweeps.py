@@ -25,6 +25,9 @@ REDUCED = {
     "subset_500": (["model=wc", "setting=kd", "dataset.train_limit=6"], 1),
     "price_matched": (["setting=kd", "family.wc.price_per_mtok=1", "family.se.price_per_mtok=3"], 2),
     "crossover": (["budget.se_samples=1,2"], 4),
+    # the toy families' own models would be trained: the tiny family stands in, the size ratio varied by budget.ratio
+    "phase": (["family=tiny", "budget.ratio=3,9", "budget.se_samples=1,2", "setting=kd", "seed=0"], 8),
+    "mix": (["family/student=tiny", "data.mix_se=0,0.5,1", "seed=0"], 3),
     "lr_grid": (["model=wc", "setting=kd", "finetune.lr=1e-3,1e-4", "finetune.steps=4", "finetune.batch_size=4",
                  "finetune.checkpoints=2", "finetune.val_size=4", "finetune.precision=32-true", "finetune.max_length=384"], 2),
     # random tiny models get nothing right, so the protocols train on the reference solutions
@@ -98,6 +101,11 @@ def test_reduced_sweep_runs(reduced, sweep):
         assert {r["model"]: r["samples_per_question"] for r in rs} == {"wc": 3, "se": 1}
     if sweep == "crossover":  # WC at 3x SE by budget.ratio
         assert sorted((r["se_samples"], r["model"], r["samples_per_question"]) for r in rs) == [(1, "se", 1), (1, "wc", 3), (2, "se", 2), (2, "wc", 6)]
+    if sweep == "phase":  # size ratio x budget: WC draws ratio x SE's samples
+        assert sorted((r["ratio_used"], r["se_samples"], r["model"], r["samples_per_question"]) for r in rs) == [
+            (3, 1, "se", 1), (3, 1, "wc", 3), (3, 2, "se", 2), (3, 2, "wc", 6), (9, 1, "se", 1), (9, 1, "wc", 9), (9, 2, "se", 2), (9, 2, "wc", 18)]
+    if sweep == "mix":  # the SE share of the budget buys SE samples, the rest WC samples: 8 questions, tiny WC draws 6 per SE sample
+        assert sorted((r["mix_se"], r["mix_samples"]["se"], r["mix_samples"]["wc"]) for r in rs) == [(0.0, 0, 48), (0.5, 4, 24), (1.0, 8, 0)]
     if sweep == "lr_grid":
         assert by("lr") == ["0.0001", "0.001"]
     if sweep == "protocols":
@@ -115,10 +123,10 @@ def test_report_writes_every_table_and_figure(reduced):
     text = (parent / "report.md").read_text()
     for title in ("## The data", "## Coverage and diversity at the compute-matched points", "## pass@1 after fine-tuning",
                   "## Evaluation protocols", "## False positives of the fine-tuned models", "## Crossover: accuracy against sampling FLOPs",
-                  "## Figures", "FPR (judge)", "FPR (people)", "maj@2", "gsm8k (transfer)", "pass@1 (mean of k)", "relative gain"):
+                  "## Where WC data wins: size ratio x budget", "## Mixed data: a share of the budget to SE samples", "## Figures", "FPR (judge)", "FPR (people)", "maj@2", "gsm8k (transfer)", "pass@1 (mean of k)", "relative gain"):
         assert title in text, title
     figures = sorted(p.name for p in (parent / "figures").glob("*.png"))
-    assert {"accuracy.png", "crossover.png", "quality_curves.png"} <= set(figures)
+    assert {"accuracy.png", "crossover.png", "quality_curves.png", "phase.png"} <= set(figures)
     assert all((parent / "figures" / f).stat().st_size > 10_000 for f in figures)
     for f in figures:
         assert f"(figures/{f})" in text
