@@ -763,7 +763,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
             ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
             ax.set_yticks(range(len(ratios)), [f"{q:g}x" for q in ratios])
             ax.set_xlabel("SE samples per question (budget)", fontsize=8)
-            ax.set_title(f"{setting}: fine-tunes {grid[0][0]['learner'] if grid[0][0] else ''}", fontsize=9)
+            ax.set_title(f"{setting}: fine-tunes " + ", ".join(sorted({str(r["learner"]) for r in prows if r["setting"] == setting})), fontsize=8)
         axes[0][0].set_ylabel("SE:WC size ratio")
         fig.subplots_adjust(left=0.1, right=0.82, bottom=0.22, top=0.84, wspace=0.3)
         fig.colorbar(image, cax=fig.add_axes((0.85, 0.22, 0.02, 0.62)), label="relative gain of WC data (%)")
