@@ -329,12 +329,12 @@ def mix_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def phase_rows(results: list[dict]) -> list[dict]:
-    """The phase map (sweeps/phase.yaml): each setting's relative gain of WC over SE data with its paired
+def phase_rows(rows: list[dict]) -> list[dict]:
+    """The phase map (sweeps/phase.yaml), from ``accuracy_rows``: each setting's relative gain of WC over SE data with its paired
     interval at each SE:WC size ratio (one per family) and budget (SE samples per question), and who wins:
     WC or SE where the interval excludes 0, else neither can be told apart. Empty unless the sweep holds
     at least two size ratios and two budgets. The size ratio is the one drawn: S_WC / S_SE (``ratio_used``)."""
-    rows = [{**r, "size_ratio": r["ratio_used"]} for r in accuracy_rows(results)]
+    rows = [{**r, "size_ratio": r["ratio_used"]} for r in rows]
     if len({r["size_ratio"] for r in rows}) < 2 or len({r.get("se_samples") for r in rows}) < 2:
         return []
     for r in rows:
@@ -579,7 +579,7 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
             shown + ["setting"] + [f"{label[h]}: {w}" for h in hows for w in ("WC data", "SE data", "WC - SE (points)")],
             [_head(r, shown) + [r["setting"]] + [x for h in hows for x in (_cell(r, f"{h}_wc", True), _cell(r, f"{h}_se", True), _cell(r, f"{h}_diff", points=True))]
              for r in frows])
-    prows = phase_rows(results)
+    prows = phase_rows(arows)
     if prows:
         out["Where WC data wins: size ratio x budget"] = (
             ["dataset", "setting", "fine-tuned", "SE:WC size ratio", "SE samples", "relative gain", "95% CI (paired bootstrap)", "winner", "seeds"],
@@ -742,7 +742,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
             ax.legend(fontsize=8)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
         save(fig, "crossover.png", "pass@1 after fine-tuning against the sampling FLOPs per question of the data; one point per budget.")
-    prows = phase_rows(results)
+    prows = phase_rows(rows)
     if prows:
         settings = sorted({r["setting"] for r in prows})
         ratios, budgets = sorted({r["size_ratio"] for r in prows}), sorted({r["se_samples"] for r in prows})

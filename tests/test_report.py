@@ -189,12 +189,12 @@ def test_the_phase_map_says_who_wins_at_each_size_ratio_and_budget(tmp_path):
                 cells.append(c)
                 correct.append([rng.random() < acc for _ in range(200)])
     results = sweep(tmp_path, cells, correct)
-    rows = {(r["size_ratio"], r["se_samples"]): r for r in report.phase_rows(results)}
+    rows = {(r["size_ratio"], r["se_samples"]): r for r in report.phase_rows(report.accuracy_rows(results))}
     assert {k: r["winner"] for k, r in rows.items()} == {(3.0, 1): "WC", (3.0, 3): "cannot tell", (9.0, 1): "cannot tell", (9.0, 3): "SE"}
     assert "## Where WC data wins: size ratio x budget" in report.markdown(results)
     pngs = [p.name for p, _ in report.figures(results, [], tmp_path / "figures")]
     assert "phase.png" in pngs
-    assert report.phase_rows([c for c in results if c["family"] == "toy"]) == []  # one size ratio: no map
+    assert report.phase_rows(report.accuracy_rows([c for c in results if c["family"] == "toy"])) == []  # one size ratio: no map
 
 
 def test_one_seed_says_its_intervals_leave_out_the_seed_to_seed_spread():
