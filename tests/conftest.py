@@ -3,6 +3,8 @@
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,29 @@ def _slurm_answers() -> bool:
         return False
 
 
+README_COMMAND = ["-m", "model=wc,se", "setting=kd,self,w2s"]  # the README's default grid, nothing added
+README_GRID = pytest.StashKey[dict]()
+
+
+def start_readme_grid(config) -> dict:
+    """Start the README's default grid, fresh (its own empty cache: the toy models are trained as a
+    newcomer's are), in the background at the lowest CPU priority, once per session: it takes about 6
+    minutes alone, and so fills the cores that the other tests leave idle (a third of them in CI)."""
+    if README_GRID not in config.stash:
+        root = Path(tempfile.mkdtemp(prefix="cms-readme-"))
+        env = {**os.environ, "CMS_CACHE_DIR": str(root / "fresh-cache"), "CMS_OUTPUT_DIR": str(root / "outputs")}
+        with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "cms.run", *README_COMMAND, f"hydra.sweep.dir={root / 'sweep'}"],
+                                    env=env, cwd=root, stdout=out, stderr=err, preexec_fn=lambda: os.nice(19))
+        config.stash[README_GRID] = {"proc": proc, "root": root, "sweep": root / "sweep"}
+    return config.stash[README_GRID]
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
+
+    readme = [item for item in items if "readme_grid" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in readme] + readme  # last: its grid runs meanwhile
 
     no_gpu = pytest.mark.skip(reason="needs CUDA (and vLLM for the vLLM sampler): none on this machine")
     no_slurm = pytest.mark.skip(reason="needs a SLURM cluster: sinfo does not answer (bash ../shared/slurm/up.sh starts one)")
@@ -42,6 +65,26 @@ def pytest_collection_modifyitems(config, items):
             slurm = _slurm_answers() if slurm is None else slurm
             if not slurm:
                 item.add_marker(no_slurm)
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly and any("readme_grid" in getattr(item, "fixturenames", ()) for item in session.items):
+        start_readme_grid(session.config)
+
+
+def pytest_sessionfinish(session):
+    grid = session.config.stash.get(README_GRID, None)
+    if grid:
+        if grid["proc"].poll() is None:  # the session ended early (-x, Ctrl-C)
+            grid["proc"].kill()
+            grid["proc"].wait()
+        shutil.rmtree(grid["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def readme_grid(request) -> dict:
+    """The README's default grid, started in the background when the session began."""
+    return start_readme_grid(request.config)
 
 
 @pytest.fixture(scope="session")
