@@ -527,7 +527,7 @@ def _head(row: dict, shown: list[str]) -> list[str]:
     return ["-" if row.get(k) is None else str(row.get(k)) for k in shown]
 
 
-def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str, tuple[list[str], list[list[str]]]]:
+def tables(results: list[dict], curves: Optional[list[dict]] = None, rows: Optional[list[dict]] = None) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Every table of the report as (header, lines), keyed by title; empty ones left out."""
     shown = varying(results)
     out = {}
@@ -555,7 +555,7 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
             shown + ["level", "SE@k", "WC@k", "coverage SE", "coverage WC", "diversity SE", "diversity WC"],
             [_head(r, shown) + [r["level"], r["k_se"], r["k_wc"], f"{100 * r['coverage_se']:.1f}%", f"{100 * r['coverage_wc']:.1f}%",
                                 f"{r['diversity_se']:.3g}", f"{r['diversity_wc']:.3g}"] for r in matched])
-    arows = accuracy_rows(results)
+    arows = accuracy_rows(results) if rows is None else rows
     if arows:
         out["pass@1 after fine-tuning"] = (
             shown + ["setting", "fine-tuned", "before", "WC data", "SE data", "relative gain", "95% CI (paired bootstrap)", "seeds"],
@@ -604,18 +604,20 @@ def tables(results: list[dict], curves: Optional[list[dict]] = None) -> dict[str
     return out
 
 
-def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: Optional[list[tuple[Path, str]]] = None) -> str:
+def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: Optional[list[tuple[Path, str]]] = None,
+             rows: Optional[list[dict]] = None) -> str:
+    """The summary (or, with curves and figures, the report) as markdown; ``rows``: ``accuracy_rows(results)`` if already computed."""
+    rows = accuracy_rows(results) if rows is None else rows
     seeds = sorted({r.get("seed") for r in results}, key=str)
     out = [f"# WC vs SE data at a matched budget\n\n{len(results)} runs, seeds {seeds}"
            + ("; mean ± standard deviation across seeds" if len(seeds) > 1 else "") + ".\n"
            + "relative gain = (acc with WC data - acc with SE data) / acc with SE data; FPR = share of correct-answer "
              "solutions with invalid reasoning.\n"]
-    for title, (header, lines) in tables(results, curves).items():
+    for title, (header, lines) in tables(results, curves, rows).items():
         out += [f"## {title}\n"] + _table(header, lines)
         if title.startswith("Crossover"):
             out += crossover_text(crossover_rows(results)) + [""]
         if title.startswith("pass@1"):
-            rows = accuracy_rows(results)
             out += [f"- {r['setting']}: left out of both means, {r['unpaired']}" for r in rows if r["unpaired"]] + _undecided(rows, varying(results))
             if rows and max(r["seeds"] for r in rows) == 1:
                 out.append("- one seed: these intervals resample the test questions only, not the seed-to-seed spread of sampling "
@@ -637,7 +639,7 @@ def markdown(results: list[dict], curves: Optional[list[dict]] = None, figures: 
     return "\n".join(out)
 
 
-def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tuple[Path, str]]:
+def figures(results: list[dict], curves: list[dict], out_dir: Path, rows: Optional[list[dict]] = None) -> list[tuple[Path, str]]:
     """The report's PNGs with their captions: accuracy bars, quality curves, crossover; those the sweep has data for."""
     import matplotlib
     import matplotlib.ticker
@@ -655,7 +657,7 @@ def figures(results: list[dict], curves: list[dict], out_dir: Path) -> list[tupl
         fig.savefig(written[-1][0], dpi=130)
         plt.close(fig)
 
-    rows = accuracy_rows(results)
+    rows = accuracy_rows(results) if rows is None else rows
     if rows:
         seeds = max(r["seeds"] for r in rows)
         fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(rows) + 2), 4.4))
@@ -847,16 +849,18 @@ def _csv_row(row: dict) -> dict:
             "gain_excludes_0": None if low is None else bool(low > 0 or high < 0)}
 
 
-def write_summary(sweep_dir: str | Path) -> str:
-    """summary.csv and summary.md: the tables, no figures (what a multirun writes when it ends)."""
+def write_summary(sweep_dir: str | Path, results: Optional[list[dict]] = None, rows: Optional[list[dict]] = None) -> str:
+    """summary.csv and summary.md: the tables, no figures (what a multirun writes when it ends); ``results``
+    and their ``accuracy_rows`` where the caller has them."""
     sweep_dir = Path(sweep_dir)
-    results = load_results(sweep_dir)
-    rows = [_csv_row(r) for r in accuracy_rows(results)]
+    results = load_results(sweep_dir) if results is None else results
+    rows = accuracy_rows(results) if rows is None else rows
+    csv_rows = [_csv_row(r) for r in rows]
     with (sweep_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
+        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]) if csv_rows else ["setting"])
         writer.writeheader()
-        writer.writerows(rows)
-    text = markdown(results)
+        writer.writerows(csv_rows)
+    text = markdown(results, rows=rows)
     (sweep_dir / "summary.md").write_text(text)
     print(text)
     return text
@@ -868,16 +872,17 @@ def write_report(sweep_dir: str | Path, wandb_mode: Optional[str] = None) -> lis
     results = load_results(sweep_dir)
     if not results:
         raise FileNotFoundError(f"no results.json under {sweep_dir}: point cms.report at a sweep directory whose cells have finished")
-    write_summary(sweep_dir)
+    rows = accuracy_rows(results)  # its paired bootstrap is most of a report's time: computed once
+    write_summary(sweep_dir, results, rows)
     curves = quality_curves(results)
     (sweep_dir / "curves.json").write_text(json.dumps(curves))
-    captioned = figures(results, curves, sweep_dir / "figures")
+    captioned = figures(results, curves, sweep_dir / "figures", rows)
     pngs = [p for p, _ in captioned]
-    (sweep_dir / "report.md").write_text(markdown(results, curves, captioned))
+    (sweep_dir / "report.md").write_text(markdown(results, curves, captioned, rows))
     settings = _logger_settings(results)
     if wandb_mode:  # asked for explicitly: log even when the cells had logger=none
         settings.update(mode=wandb_mode, backend="wandb")
-    log_wandb(sweep_dir, tables(results, curves), pngs, settings)
+    log_wandb(sweep_dir, tables(results, curves, rows), pngs, settings)
     written = [sweep_dir / n for n in ("report.md", "summary.md", "summary.csv", "curves.json")] + pngs
     print("wrote " + ", ".join(str(p.relative_to(sweep_dir)) for p in written))
     return written
