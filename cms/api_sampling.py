@@ -49,7 +49,9 @@ class ApiError(ModelError):
 class Bucket:
     """A token bucket refilled at ``per_minute`` / 60 per second that holds one unit: requests leave evenly
     spaced, never in bursts, so any minute sees ``per_minute`` (a request of many tokens waits for a full
-    bucket and leaves a debt). None: no limit. ``pause`` (a ``Retry-After``) stops it until then."""
+    bucket and leaves a debt). None: no limit. ``pause`` (a ``Retry-After``) stops it until then. A request that
+    waited is credited from the moment it was due, not from when a busy machine woke it, so late wake-ups do not
+    slow the rate down."""
 
     def __init__(self, per_minute: float | None):
         self.rate = per_minute / 60.0 if per_minute else None
@@ -72,7 +74,11 @@ class Bucket:
                 if self.level >= need:
                     self.level -= amount
                     return
-                await asyncio.sleep((need - self.level) / self.rate)
+                due = now + (need - self.level) / self.rate
+                await asyncio.sleep(due - now)
+                if self.until <= due:  # no Retry-After came meanwhile
+                    self.level, self.t = need - amount, due
+                    return
 
     def give_back(self, amount: float) -> None:
         """Return what was taken beyond the real use (negative: take the excess)."""

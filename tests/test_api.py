@@ -93,11 +93,12 @@ def api_key(monkeypatch):
 class Proxy:
     """A forwarding HTTP proxy on 127.0.0.1 that counts requests (with their arrival times) and answers
     request k (its JSON body ``r``) with ``schedule(k, r)``'s fault instead: 429 (Retry-After: ``retry_after``), 500, drop (the
-    connection closed, no answer), truncate (the server's answer cut in half), empty (200, no choices)."""
+    connection closed, no answer), truncate (the server's answer cut in half), empty (200, no choices). ``delay``: seconds each
+    request waits before it is forwarded (a slow server)."""
 
-    def __init__(self, upstream: str, schedule=lambda k, r: None, retry_after: float = 1):
+    def __init__(self, upstream: str, schedule=lambda k, r: None, retry_after: float = 1, delay: float = 0):
         self.upstream = upstream.split("//")[1].split("/")[0]
-        self.schedule, self.retry_after = schedule, retry_after
+        self.schedule, self.retry_after, self.delay = schedule, retry_after, delay
         self.count, self.faults, self.times, self.lock = 0, Counter(), [], threading.Lock()
         proxy = self
 
@@ -136,6 +137,7 @@ class Proxy:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
+                time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
                 conn.request("POST", self.path, body, {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")})
                 answer = conn.getresponse()
@@ -303,8 +305,11 @@ def test_retry_after_pauses_the_endpoint_and_a_hopeless_sample_is_stored_as_fail
 
 
 def test_the_rate_limiter_holds_the_configured_requests_per_minute(server, tmp_path):
-    proxy = Proxy(server)
-    card = api_card(proxy.url, limits={"rpm": 600, "tpm": None, "concurrency": 8})
+    """The requests leave at the configured rate even when the server answers slowly: the concurrency cap is
+    set above the 10 requests in flight that 600 per minute and 1 s per answer need, so only the limiter paces
+    them (with a cap of 8, as this test had, a slow server alone held the rate to 450-490 per minute)."""
+    proxy = Proxy(server, delay=1.0)
+    card = api_card(proxy.url, limits={"rpm": 600, "tpm": None, "concurrency": 32})
     try:
         draw(card, questions(15), 4, tmp_path)
     finally:
