@@ -62,23 +62,22 @@ class Bucket:
     async def take(self, amount: float = 1.0) -> None:
         """Wait until ``amount`` can be taken (more than the capacity: until the bucket is full, leaving a debt)."""
         async with self.lock:
+            now = time.monotonic()
             while True:
-                now = time.monotonic()
                 if now < self.until:
                     await asyncio.sleep(self.until - now)
+                    now = time.monotonic()
                     continue
                 if self.rate is None:
                     return
                 self.level, self.t = min(self.capacity, self.level + (now - self.t) * self.rate), now
                 need = min(amount, self.capacity)
-                if self.level >= need:
+                if self.level >= need - 1e-9:  # (the refill up to a due moment may round just below)
                     self.level -= amount
                     return
                 due = now + (need - self.level) / self.rate
                 await asyncio.sleep(due - now)
-                if self.until <= due:  # no Retry-After came meanwhile
-                    self.level, self.t = need - amount, due
-                    return
+                now = due if self.until <= due else time.monotonic()  # refilled up to when it was due, not a late wake-up
 
     def give_back(self, amount: float) -> None:
         """Return what was taken beyond the real use (negative: take the excess)."""

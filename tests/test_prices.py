@@ -78,6 +78,18 @@ def test_the_bucket_spaces_requests_evenly_and_a_pause_holds_them():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(asyncio, "sleep", late)
         assert 0.95 < asyncio.run(go(Bucket(1200), 21)) < 1.1  # still 20 gaps of 50 ms, not 70 ms
+
+    async def owing(bucket):  # a response used one unit more than was taken, while the next request waited
+        async def owe():
+            await asyncio.sleep(0.02)
+            bucket.give_back(-1)
+
+        await bucket.take()
+        t0 = time.monotonic()
+        await asyncio.gather(bucket.take(), owe())
+        return time.monotonic() - t0
+
+    assert asyncio.run(owing(Bucket(600))) >= 0.19  # the debt costs one more 100 ms interval, not forgotten
     paused = Bucket(None)
     paused.pause(0.5)
     assert asyncio.run(go(paused, 1)) >= 0.45
