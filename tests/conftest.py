@@ -49,10 +49,14 @@ def start_readme_grid(config) -> dict:
     return config.stash[README_GRID]
 
 
+def _needs_readme_grid(item) -> bool:
+    return "readme_grid" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    readme = [item for item in items if "readme_grid" in getattr(item, "fixturenames", ())]
+    readme = [item for item in items if _needs_readme_grid(item)]
     items[:] = [item for item in items if item not in readme] + readme  # last: its grid runs meanwhile
 
     no_gpu = pytest.mark.skip(reason="needs CUDA (and vLLM for the vLLM sampler): none on this machine")
@@ -68,7 +72,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    if not session.config.option.collectonly and any("readme_grid" in getattr(item, "fixturenames", ()) for item in session.items):
+    if not session.config.option.collectonly and any(map(_needs_readme_grid, session.items)):
         start_readme_grid(session.config)
 
 
